@@ -1,0 +1,313 @@
+"""House helpers over grafanalib: our units, legends, thresholds, variables and layout.
+
+Dashboard modules only call these, so a grafanalib upgrade (one maintainer, pinned) is
+absorbed here, and every dashboard gets the same datasource handling and selectors.
+Metric names always come from `exporter.metrics`, never from string literals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import attr
+from grafanalib import core as g
+
+from exporter import metrics as m
+from exporter.metrics import DEFAULT_PREFIX, Metric
+
+# Grafana 9+ reads this schema without migrating panel fields away from what we emit.
+SCHEMA_VERSION = 36
+TAG = "celery"
+
+# Units (Grafana unit ids). Custom suffixes keep task rates from reading as "ops".
+SECONDS = "s"
+RATIO = "percentunit"
+COUNT = "short"
+TASKS_PER_SECOND = "suffix:tasks/s"
+EVENTS_PER_SECOND = "suffix:events/s"
+MESSAGES_PER_SECOND = "suffix:msg/s"
+PER_SECOND = "suffix:/s"
+
+# Every panel and variable points at the datasource variable, so one dashboard works
+# against any Prometheus the viewer picks.
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+# "All" in a multi-value variable becomes this regex; `.*` also matches an empty label.
+ALL_VALUE = ".*"
+
+QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Generation options: what differs between one Prometheus setup and another."""
+
+    datasource: str = "Prometheus"
+    job_selector: str = 'job="celery"'
+    cluster_label: str = ""
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if self.cluster_label and not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.cluster_label):
+            raise ValueError(f"--cluster-label: not a Prometheus label name: {self.cluster_label!r}")
+        if self.prefix and not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", self.prefix):
+            raise ValueError(f"--prefix: not a valid metric name prefix: {self.prefix!r}")
+        if self.job_selector.strip().startswith("{") or self.job_selector.strip().endswith("}"):
+            raise ValueError("--job-selector: give label matchers without braces, "
+                             'e.g. job="celery"')
+
+
+@dataclass(frozen=True)
+class Q:
+    """Builds PromQL for one dashboard: selector plumbing and the idioms we repeat.
+
+    `filters` are the dashboard-wide variable matchers (queue, task, worker) that apply to
+    metrics carrying that label; callers pass them per metric since not every metric has
+    every label.
+    """
+
+    opts: Options
+    base: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def for_options(cls, opts: Options) -> Q:
+        matchers = [opts.job_selector.strip()] if opts.job_selector.strip() else []
+        if opts.cluster_label:
+            matchers.append(f'{opts.cluster_label}=~"$cluster"')
+        matchers.append('job=~"$job"')
+        return cls(opts, tuple(matchers))
+
+    def name(self, metric: Metric, suffix: str = "") -> str:
+        return metric.full(self.opts.prefix) + suffix
+
+    def sel(self, *extra: str) -> str:
+        return "{" + ", ".join((*self.base, *extra)) + "}"
+
+    def m(self, metric: Metric, *extra: str, suffix: str = "") -> str:
+        """An instant selector for a catalogue metric."""
+        return self.name(metric, suffix) + self.sel(*extra)
+
+    def up(self) -> str:
+        """Prometheus' own `up` for the exporter's scrape job."""
+        return "up" + self.sel()
+
+    def any_of(self, metrics: Sequence[Metric], *extra: str) -> str:
+        """One selector over several metrics (`__name__` alternation).
+
+        Summing succeeded and failed through one selector keeps the total defined when one
+        of the two counters has no series yet, which `a + b` would not.
+        """
+        names = "|".join(self.name(m) for m in metrics)
+        return "{" + ", ".join((f'__name__=~"{names}"', *self.base, *extra)) + "}"
+
+    @staticmethod
+    def rate(selector: str, window: str = "$__rate_interval") -> str:
+        return f"rate({selector}[{window}])"
+
+    def quantile(self, q: float, metric: Metric, *extra: str, by: Iterable[str] = ()) -> str:
+        labels = ", ".join((*by, "le"))
+        bucket = self.m(metric, *extra, suffix="_bucket")
+        return f"histogram_quantile({q}, sum by ({labels}) ({self.rate(bucket)}))"
+
+
+def steps(*pairs: tuple[str, float | None]) -> list[dict[str, Any]]:
+    """Threshold steps in the modern fieldConfig shape (grafanalib's Threshold emits the
+    legacy 'null' string for the base step, which Grafana 8+ does not read)."""
+    return [{"color": color, "value": value} for color, value in pairs]
+
+
+def up_down_mappings() -> list[dict[str, Any]]:
+    return [{
+        "type": "value",
+        "options": {
+            "0": {"color": "red", "index": 0, "text": "DOWN"},
+            "1": {"color": "green", "index": 1, "text": "UP"},
+        },
+    }]
+
+
+Target = tuple[str, str]  # (expr, legend)
+
+
+def _targets(targets: Sequence[Target], instant: bool = False, fmt: str = "time_series"
+             ) -> list[g.Target]:
+    return [
+        g.Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i),
+                 datasource=DATASOURCE, instant=instant, format=fmt)
+        for i, (expr, legend) in enumerate(targets)
+    ]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A panel plus the size `layout` needs to place it."""
+
+    panel: g.Panel
+    w: int
+    h: int
+
+
+def timeseries(title: str, targets: Sequence[Target], *, unit: str, description: str,
+               w: int = 12, h: int = 8, stack: bool = False, min_value: int | None = None,
+               max_value: int | None = None, thresholds: list[dict[str, Any]] | None = None,
+               step: bool = False) -> Cell:
+    panel = g.TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_targets(targets),
+        unit=unit,
+        valueMin=min_value,
+        valueMax=max_value,
+        fillOpacity=20 if stack else 0,
+        stacking={"mode": "normal", "group": "A"} if stack else {},
+        lineInterpolation="stepAfter" if step else "linear",
+        legendDisplayMode="table",
+        legendPlacement="bottom",
+        legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+        thresholds=thresholds or steps(("green", None)),
+        thresholdsStyleMode="line" if thresholds else "off",
+        maxDataPoints=None,
+    )
+    return Cell(panel, w, h)
+
+
+def stat(title: str, targets: Sequence[Target], *, unit: str, description: str,
+         thresholds: list[dict[str, Any]] | None = None,
+         mappings: list[dict[str, Any]] | None = None, w: int = 3, h: int = 4,
+         decimals: int | None = None) -> Cell:
+    panel = g.Stat(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_targets(targets),
+        format=unit,
+        thresholds=thresholds or steps(("green", None)),
+        mappings=mappings or [],
+        reduceCalc="lastNotNull",
+        graphMode="area",
+        colorMode="value",
+        textMode="value_and_name" if len(targets) > 1 else "value",
+        decimals=decimals,
+        maxDataPoints=None,
+    )
+    return Cell(panel, w, h)
+
+
+def table(title: str, expr: str, *, description: str, hide: Sequence[str] = (),
+          w: int = 12, h: int = 8) -> Cell:
+    """An instant-query table of a metric's labels (e.g. `*_info` gauges)."""
+    exclude = {name: True for name in ("Time", "Value", "__name__", *hide)}
+    panel = g.Table(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=_targets([(expr, "")], instant=True, fmt="table"),
+        transformations=[{"id": "organize", "options": {"excludeByName": exclude}}],
+        filterable=True,
+        maxDataPoints=None,
+    )
+    return Cell(panel, w, h)
+
+
+def layout(rows: Sequence[tuple[str, Sequence[Cell]]]) -> list[g.Panel]:
+    """Place cells left to right under row headers, wrapping at Grafana's 24 columns.
+
+    Explicit gridPos keeps the JSON stable: Grafana would otherwise reflow panels and
+    rewrite positions on first save.
+    """
+    panels: list[g.Panel] = []
+    y = 0
+    for title, cells in rows:
+        panels.append(g.RowPanel(title=title, gridPos=g.GridPos(h=1, w=24, x=0, y=y)))
+        y += 1
+        x, line_h = 0, 0
+        for cell in cells:
+            if x + cell.w > 24:
+                x, y, line_h = 0, y + line_h, 0
+            panels.append(attr.evolve(cell.panel, gridPos=g.GridPos(h=cell.h, w=cell.w, x=x, y=y)))
+            x += cell.w
+            line_h = max(line_h, cell.h)
+        y += line_h
+    return panels
+
+
+def _query_variable(name: str, label: str, query: str, *, multi: bool = True,
+                    include_all: bool = True) -> g.Template:
+    return g.Template(
+        name=name,
+        label=label,
+        query=query,
+        dataSource=DATASOURCE,
+        default="$__all" if include_all else None,
+        includeAll=include_all,
+        allValue=ALL_VALUE if include_all else None,
+        multi=multi,
+        # Refresh on time range change: workers and queues come and go.
+        refresh=g.REFRESH_ON_TIME_RANGE_CHANGE,
+        sort=g.SORT_ALPHA_ASC,
+    )
+
+
+def variables(q: Q, *, queue: bool = False, task: bool = False, worker: bool = False
+              ) -> list[g.Template]:
+    """Datasource, cluster (if configured), job, then the per-dashboard label variables.
+
+    Each query variable is scoped by the ones before it, so picking a job narrows the
+    queue list to that job's queues.
+    """
+    opts = q.opts
+    build_info = q.name(m.BUILD_INFO)
+    out = [g.Template(name="datasource", label="Data source", query="prometheus",
+                      type="datasource", default=opts.datasource, hide=g.SHOW)]
+    scope = [opts.job_selector.strip()] if opts.job_selector.strip() else []
+    if opts.cluster_label:
+        out.append(_query_variable(
+            "cluster", "Cluster",
+            f"label_values({build_info}{{{', '.join(scope)}}}, {opts.cluster_label})",
+            multi=False))
+        scope.append(f'{opts.cluster_label}=~"$cluster"')
+    out.append(_query_variable(
+        "job", "Job", f"label_values({build_info}{{{', '.join(scope)}}}, job)"))
+    scope.append('job=~"$job"')
+    scoped = ", ".join(scope)
+    if queue:
+        # Queue length covers queues nothing consumes yet; received covers queues the
+        # probes do not watch. Either alone hides the queue you are looking for.
+        names = "|".join(q.name(x) for x in (m.QUEUE_LENGTH, m.TASK_RECEIVED))
+        out.append(_query_variable(
+            "queue", "Queue", f'label_values({{__name__=~"{names}", {scoped}}}, queue)'))
+        scope.append('queue=~"$queue"')
+    if task:
+        names = "|".join(q.name(x) for x in (m.TASK_SENT, m.TASK_RECEIVED))
+        out.append(_query_variable(
+            "task", "Task", f'label_values({{__name__=~"{names}", {", ".join(scope)}}}, name)'))
+    if worker:
+        out.append(_query_variable(
+            "worker", "Worker", f"label_values({q.name(m.WORKER_UP)}{{{scoped}}}, worker)"))
+    return out
+
+
+def dashboard(*, title: str, uid: str, description: str, q: Q, panels: list[g.Panel],
+              templating: list[g.Template]) -> g.Dashboard:
+    return g.Dashboard(
+        title=title,
+        uid=uid,
+        description=description,
+        tags=[TAG],
+        editable=True,
+        panels=panels,
+        templating=g.Templating(list=templating),
+        links=[g.DashboardLink(title="Celery", tags=[TAG], asDropdown=True, includeVars=True,
+                               keepTime=True, type="dashboards")],
+        time=g.Time("now-3h", "now"),
+        timezone="browser",
+        refresh="30s",
+        graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
+        schemaVersion=SCHEMA_VERSION,
+    ).auto_panel_ids()

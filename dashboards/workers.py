@@ -1,0 +1,123 @@
+"""Celery / Workers: liveness, load and outcomes per worker."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from exporter import metrics as m
+
+from .common import (
+    COUNT,
+    RATIO,
+    SECONDS,
+    TASKS_PER_SECOND,
+    Options,
+    Q,
+    dashboard,
+    layout,
+    stat,
+    steps,
+    table,
+    timeseries,
+    variables,
+)
+
+UID = "celery-workers"
+FILENAME = "celery-workers.json"
+
+
+def build(opts: Options) -> g.Dashboard:
+    q = Q.for_options(opts)
+    w = 'worker=~"$worker"'
+
+    def gauge(metric: m.Metric) -> str:
+        return q.m(metric, w)
+
+    def per_worker(metric: m.Metric) -> str:
+        return f"sum by (worker) ({q.rate(q.m(metric, w))})"
+
+    summary = [
+        stat("Workers up", [(f"sum({gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
+             thresholds=steps(("red", None), ("green", 1)),
+             description="Workers whose heartbeats arrive."),
+        stat("Workers down", [(f"sum(1 - {gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
+             thresholds=steps(("green", None), ("red", 1)),
+             description="Workers lost within --worker-down-retention (default 10 minutes); "
+                         "after that their series are removed."),
+        stat("Active tasks", [(f"sum({gauge(m.WORKER_TASKS_ACTIVE)})", "")], unit=COUNT, w=4,
+             description="Tasks executing now, from the workers' heartbeats."),
+        stat("Prefetched tasks", [(f"sum({gauge(m.WORKER_TASKS_PREFETCHED)})", "")],
+             unit=COUNT, w=4,
+             description="Received, not started, not ETA: the prefetch backlog."),
+        stat("Scheduled (ETA) tasks", [(f"sum({gauge(m.WORKER_TASKS_SCHEDULED)})", "")],
+             unit=COUNT, w=4, description="ETA/countdown tasks held by workers."),
+        stat("Workers without task events",
+             [(f"sum({gauge(m.WORKER_TASK_EVENTS_MISSING)})", "")], unit=COUNT, w=4,
+             thresholds=steps(("green", None), ("red", 1)),
+             description="Workers processing tasks without sending task events: start them "
+                         "with -E or set worker_send_task_events."),
+    ]
+
+    liveness = [
+        timeseries("Worker up", [(gauge(m.WORKER_UP), "{{worker}}")], unit=COUNT,
+                   min_value=0, max_value=1, step=True,
+                   description="1 while heartbeats arrive; 0 after the heartbeat timeout or "
+                               "a clean shutdown; the series disappears after the down "
+                               "retention."),
+        timeseries("Heartbeat age",
+                   [(f"time() - {gauge(m.WORKER_LAST_HEARTBEAT)}", "{{worker}}")],
+                   unit=SECONDS, thresholds=steps(("green", None), ("red", 10)),
+                   description="Seconds since the exporter last heard each worker. Workers "
+                               "heartbeat every 2 s by default."),
+    ]
+
+    load = [
+        timeseries("Active tasks", [(gauge(m.WORKER_TASKS_ACTIVE), "{{worker}}")], unit=COUNT,
+                   w=8, description="Tasks executing per worker."),
+        timeseries("Prefetched tasks", [(gauge(m.WORKER_TASKS_PREFETCHED), "{{worker}}")],
+                   unit=COUNT, w=8,
+                   description="Tasks waiting in each worker's prefetch buffer. A busy worker "
+                               "with a long buffer next to an idle one is the prefetch "
+                               "backlog problem."),
+        timeseries("Scheduled (ETA) tasks", [(gauge(m.WORKER_TASKS_SCHEDULED), "{{worker}}")],
+                   unit=COUNT, w=8, description="ETA/countdown tasks held per worker."),
+        timeseries("Tasks started by worker", [(per_worker(m.TASK_STARTED), "{{worker}}")],
+                   unit=TASKS_PER_SECOND, w=8, stack=True,
+                   description="Executions started per second by each worker."),
+        timeseries("Pool utilisation (inspect probe)",
+                   [(f"{gauge(m.WORKER_TASKS_ACTIVE)} / {gauge(m.WORKER_POOL_PROCESSES)}",
+                     "{{worker}}")],
+                   unit=RATIO, w=8, min_value=0, max_value=1,
+                   description="Active tasks / pool processes. Needs the worker inspect "
+                               "probe; empty without it."),
+        timeseries("Pool size and prefetch limit (inspect probe)", [
+            (gauge(m.WORKER_POOL_PROCESSES), "{{worker}} pool"),
+            (gauge(m.WORKER_PREFETCH_LIMIT), "{{worker}} prefetch limit"),
+        ], unit=COUNT, w=8,
+            description="Concurrency and prefetch count from inspect stats. Needs the "
+                        "worker inspect probe; empty without it."),
+    ]
+
+    outcomes = [
+        timeseries("Failures by worker", [(per_worker(m.TASK_FAILED), "{{worker}}")],
+                   unit=TASKS_PER_SECOND,
+                   description="Failed executions per second per worker. One worker failing "
+                               "alone points at its host, not the code."),
+        table("Worker versions", f"max by (worker, version, implementation, system) "
+                                 f"({gauge(m.WORKER_INFO)})",
+              description="Celery version, Python implementation and OS of each worker."),
+    ]
+
+    return dashboard(
+        title="Celery / Workers",
+        uid=UID,
+        description="Worker liveness, heartbeat age, active/prefetched/scheduled tasks, pools.",
+        q=q,
+        templating=variables(q, worker=True),
+        panels=layout([
+            ("Summary", summary),
+            ("Liveness", liveness),
+            ("Load", load),
+            ("Outcomes", outcomes),
+        ]),
+    )

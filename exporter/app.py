@@ -1,0 +1,123 @@
+"""Wires one exporter together from a Config: state, consumer, probes, collector, server."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter.collector import CeleryCollector
+from exporter.config import Config
+from exporter.http import ExporterServer, serve
+from exporter.ingest import make_consumer
+from exporter.pipeline import Pipeline
+from exporter.probes import Probe, ProbeResults, ProbeRunner
+from exporter.state import State
+from exporter.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+READY_EVENT_WINDOW = 120.0
+
+
+class Exporter:
+    def __init__(self, config: Config, web: WebConfig | None = None,
+                 protect_health: bool = False) -> None:
+        self.config = config
+        self.state = State(config.state)
+        self.pipeline = Pipeline(self.state, config.max_message_bytes)
+        self.consumer = make_consumer(config, self.pipeline)
+        self.results = ProbeResults()
+        self.probes = ProbeRunner(self._probes(), self.results)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(CeleryCollector(self.pipeline, self.results, config.prefix,
+                                               config.static_labels))
+        for extra in (ProcessCollector, PlatformCollector, GCCollector):
+            extra(registry=self.registry)
+        self.server = ExporterServer((config.host, config.port), self.registry, self.readiness,
+                                     web, protect_health,
+                                     about=f"broker {config.redacted_broker_url}")
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def known_queues(self) -> set[str]:
+        with self.pipeline.lock:
+            queues = set(self.state.queues_seen)
+            for worker in self.state.workers.values():
+                queues.update(worker.queues)
+        return queues | set(self.config.queues)
+
+    def live_workers(self) -> int:
+        with self.pipeline.lock:
+            return sum(1 for w in self.state.workers.values() if w.up)
+
+    def _probes(self) -> list[Probe]:
+        cfg = self.config
+        probes: list[Probe] = []
+        if cfg.probe_interval > 0:
+            if cfg.is_redis:
+                from exporter.probes.queues import RedisQueueProbe
+                from exporter.redisconf import parse
+
+                probes.append(RedisQueueProbe(parse(cfg.broker_url, cfg.transport_options),
+                                              self.known_queues, cfg.probe_interval,
+                                              cfg.probe_timeout))
+            elif cfg.is_amqp:
+                from exporter.probes.queues import AmqpQueueProbe
+
+                probes.append(AmqpQueueProbe(cfg.broker_url, cfg.transport_options,
+                                             self.known_queues, cfg.probe_interval,
+                                             cfg.probe_timeout))
+            if cfg.rabbitmq_management_url:
+                from exporter.probes.queues import ManagementProbe
+
+                probes.append(ManagementProbe(cfg.rabbitmq_management_url, cfg.broker_url,
+                                              cfg.probe_interval, cfg.probe_timeout,
+                                              cfg.rabbitmq_management_ca))
+        if cfg.inspect and cfg.inspect_interval > 0:
+            from exporter.probes.workers import InspectProbe
+
+            probes.append(InspectProbe(cfg.broker_url, cfg.transport_options, self.pipeline,
+                                       cfg.inspect_interval, cfg.probe_timeout,
+                                       self.live_workers))
+        return probes
+
+    def readiness(self) -> tuple[bool, str]:
+        pipeline = self.pipeline
+        now = time.time()
+        with pipeline.lock:
+            connected = pipeline.connected
+            last_event = self.state.last_event
+            workers = sum(1 for w in self.state.workers.values() if w.up)
+            missing = self.state.task_events_missing
+        if not connected:
+            return False, "not connected to the broker"
+        if missing:
+            return False, ("workers process tasks but send no task events: start them with -E "
+                           "or set worker_send_task_events=True")
+        if workers:
+            return True, f"connected; {workers} live worker(s)"
+        if last_event and now - last_event < READY_EVENT_WINDOW:
+            return True, "connected; events flowing"
+        return False, ("connected, but no events and no workers yet (workers send heartbeats "
+                       "even without -E: are any running against this broker?)")
+
+    def start(self) -> None:
+        log.info("celery-events-exporter listening on %s:%d, broker %s (%s ingest)",
+                 self.config.host, self.port, self.config.redacted_broker_url,
+                 self.consumer.name)
+        serve(self.server)
+        self.consumer.start()
+        self.probes.start()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.probes.stop()
+        self.server.shutdown()
+        self.server.server_close()

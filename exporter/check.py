@@ -1,0 +1,182 @@
+"""`celery-events-exporter check`: listen for a few seconds and say what is there.
+
+Meant for the first five minutes with the exporter: is the broker reachable, are workers
+alive, are task events and task-sent events on, what do the queues hold, what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from exporter.cli import add_broker_args, resolve_broker, setup_logging
+from exporter.config import Config, ConfigError
+from exporter.ingest import make_consumer
+from exporter.pipeline import Pipeline
+from exporter.probes import Probe, ProbeResults, ProbeRunner
+from exporter.state import State
+
+TASK_EVENTS = ("task-received", "task-started", "task-succeeded", "task-failed",
+               "task-retried", "task-rejected", "task-revoked")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="celery-events-exporter check",
+                                description="Connect to the broker, listen, and report what "
+                                            "the exporter would see.")
+    add_broker_args(p)
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    p.add_argument("--queue", action="append", default=[], help="queue to measure (repeatable)")
+    p.add_argument("--no-inspect", action="store_true",
+                   help="do not ask workers (inspect) for their queues and pool size")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 600:
+        parser.exit(2, "celery-events-exporter check: error: --seconds: must be in (0, 600]\n")
+    try:
+        url, options, exchange = resolve_broker(args)
+    except ConfigError as exc:
+        parser.exit(2, f"celery-events-exporter check: error: {exc}\n")
+    setup_logging("ERROR")
+    config = Config(broker_url=url, transport_options=options, events_exchange=exchange,
+                    queues=tuple(args.queue), inspect=not args.no_inspect)
+    report = listen(config, args.seconds)
+    print(report.text)
+    return 0 if report.ok else 1
+
+
+class Report:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.problems = 0
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def problem(self, line: str) -> None:
+        self.problems += 1
+        self.lines.append(f"PROBLEM: {line}")
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def listen(config: Config, seconds: float) -> Report:
+    state = State()
+    pipeline = Pipeline(state)
+    consumer = make_consumer(config, pipeline)
+    report = Report()
+    report.say(f"Broker: {config.redacted_broker_url} (events exchange {config.events_exchange!r})")
+    consumer.start()
+    first_processed: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            with pipeline.lock:
+                for hostname, worker in state.workers.items():
+                    if worker.last_processed is not None:
+                        first_processed.setdefault(hostname, worker.last_processed)
+    finally:
+        consumer.stop()
+    if not pipeline.connected and pipeline.disconnected_since is not None \
+            and not state.event_types:
+        report.problem("could not connect to the broker, or lost the connection at once. "
+                       "Check the URL, credentials, and that this host can reach the broker.")
+        return report
+    report.say(f"Listened for {seconds:g}s.")
+    _workers(report, state, first_processed)
+    _events(report, state)
+    _queues(report, config, state)
+    if state.invalid:
+        report.say("Dropped invalid messages: "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(state.invalid.items())))
+    report.say("Everything looks right." if report.ok else
+               f"{report.problems} problem(s) found; see above.")
+    return report
+
+
+def _workers(report: Report, state: State, first_processed: dict[str, int]) -> None:
+    workers = sorted(state.workers.values(), key=lambda w: w.hostname)
+    if not workers:
+        report.problem("no worker heartbeats. Workers send heartbeats even without -E, so no "
+                       "worker is running against this broker (or it uses another vhost/db, "
+                       "key prefix or events exchange).")
+        return
+    report.say(f"Workers: {len(workers)}")
+    for w in workers:
+        grown = (w.last_processed or 0) - first_processed.get(w.hostname, w.last_processed or 0)
+        report.say(f"  {w.hostname}: {'up' if w.up else 'down'}, celery {w.sw_ver or '?'}, "
+                   f"active {w.active if w.active is not None else '?'}, "
+                   f"processed +{grown} while listening")
+
+
+def _events(report: Report, state: State) -> None:
+    types = state.event_types
+    task_events = sum(types.get(t, 0) for t in TASK_EVENTS)
+    processed_growth = state.task_events_missing
+    if task_events:
+        report.say(f"Task events: on ({task_events} seen).")
+    elif processed_growth or any(w.silent_beats for w in state.workers.values()):
+        report.problem("workers are processing tasks but send no task events. Start workers "
+                       "with -E, or set worker_send_task_events = True "
+                       "(CELERY_WORKER_SEND_TASK_EVENTS in Django settings), or run "
+                       "`celery -A proj control enable_events` (lost on restart).")
+    else:
+        report.say("Task events: none seen. Either no tasks ran while listening, or task "
+                   "events are off (-E / worker_send_task_events). Run some tasks and check again.")
+    if types.get("task-sent"):
+        report.say(f"task-sent events: on ({types['task-sent']} seen); queue wait is measured.")
+    elif task_events:
+        report.problem("no task-sent events: queue wait (publish to start) cannot be measured. "
+                       "Set task_send_sent_event = True (CELERY_TASK_SEND_SENT_EVENT) in the "
+                       "producers' (web) settings.")
+
+
+def _queues(report: Report, config: Config, state: State) -> None:
+    queues = set(config.queues) | set(state.queues_seen) | {"celery"}
+    results = ProbeResults()
+    probes: list[Probe] = []
+    if config.is_redis:
+        from exporter.probes.queues import RedisQueueProbe
+        from exporter.redisconf import parse
+
+        probes.append(RedisQueueProbe(parse(config.broker_url, config.transport_options),
+                                      lambda: queues, 0, 5))
+    elif config.is_amqp:
+        from exporter.probes.queues import AmqpQueueProbe
+
+        probes.append(AmqpQueueProbe(config.broker_url, config.transport_options,
+                                     lambda: queues, 0, 5))
+    if config.inspect and any(w.up for w in state.workers.values()):
+        from exporter.probes.workers import InspectProbe
+
+        pipeline = Pipeline(state)
+        inspect = InspectProbe(config.broker_url, config.transport_options, pipeline, 0, 2)
+        ProbeRunner([inspect], results).run_once(inspect)
+        for w in state.workers.values():
+            queues.update(w.queues)
+            if w.pool is not None:
+                report.say(f"  {w.hostname}: pool {w.pool}, prefetch limit {w.prefetch_limit}, "
+                           f"queues {', '.join(sorted(w.queues)) or '?'}")
+        inspect.close()
+    runner = ProbeRunner(probes, results)
+    for probe in probes:
+        runner.run_once(probe)
+        probe.close()
+    lengths = results.queues.length
+    if lengths:
+        report.say("Queues: " + ", ".join(f"{q}={int(n)}" for q, n in sorted(lengths.items())))
+    for name, status in results.status.items():
+        if not status.success and status.last_error:
+            report.say(f"Probe {name} failed: {status.last_error}")

@@ -1,0 +1,288 @@
+"""Command line: argument parsing only. Everything is validated into a `Config`.
+
+Every flag can also be set by an environment variable: `--broker-url` is
+`CELERY_EVENTS_EXPORTER_BROKER_URL`, and so on (flags win over the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter import metrics as m
+from exporter.config import (
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    check_broker_url,
+    check_prefix,
+    django_broker,
+    parse_buckets,
+    parse_label_pairs,
+    parse_transport_options,
+    with_password,
+    worker_label_policy,
+)
+from exporter.state import StateConfig
+
+ENV_PREFIX = "CELERY_EVENTS_EXPORTER_"
+SUBCOMMANDS = ("run", "check", "dashboards", "rules")
+log = logging.getLogger("exporter")
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _env(flag: str, default: object = None) -> object:
+    return os.environ.get(_env_name(flag), default)
+
+
+def _env_list(flag: str) -> list[str]:
+    value = os.environ.get(_env_name(flag))
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _env_bool(flag: str, default: bool) -> bool:
+    value = os.environ.get(_env_name(flag))
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument("--broker-url", default=_env("--broker-url"),
+                   help="Celery broker URL: redis://, rediss://, sentinel://, amqp://, "
+                        "amqps:// (default: the Django project's CELERY_BROKER_URL, else "
+                        "$CELERY_BROKER_URL)")
+    g.add_argument("--broker-password-file", default=_env("--broker-password-file"),
+                   help="read the broker password from this file instead of the URL")
+    g.add_argument("--django-settings", default=_env("--django-settings",
+                                                     os.environ.get("DJANGO_SETTINGS_MODULE")),
+                   help="Django settings module to read CELERY_BROKER_URL and "
+                        "CELERY_BROKER_TRANSPORT_OPTIONS from (default: $DJANGO_SETTINGS_MODULE)")
+    g.add_argument("--transport-option", action="append", metavar="KEY=VALUE",
+                   default=_env_list("--transport-option"),
+                   help="kombu transport option, e.g. global_keyprefix=app: or "
+                        "master_name=mymaster (repeatable; values parse as JSON when they can)")
+    g.add_argument("--events-exchange", default=_env("--events-exchange"),
+                   help="Celery's event_exchange (default: celeryev)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="celery-events-exporter",
+        description="Prometheus exporter for Celery, fed by the Celery event stream.",
+        epilog="Subcommands: check (diagnose a broker), dashboards (Grafana JSON), "
+               "rules (Prometheus rules). Every flag has an environment variable: "
+               "--broker-url is CELERY_EVENTS_EXPORTER_BROKER_URL.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_broker_args(p)
+    g = p.add_argument_group("web")
+    g.add_argument("--host", default=_env("--host", "0.0.0.0"), help="listen address")
+    g.add_argument("--port", type=int, default=int(_env("--port", DEFAULT_PORT)),  # type: ignore[arg-type]
+                   help=f"listen port (default {DEFAULT_PORT})")
+    g.add_argument("--web-config-file", default=_env("--web-config-file"),
+                   help="exporter-toolkit style YAML with tls_server_config and basic_auth_users")
+    g.add_argument("--protect-health", action="store_true",
+                   default=_env_bool("--protect-health", False),
+                   help="require basic auth on /healthz and /readyz too")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--prefix", default=_env("--prefix", m.DEFAULT_PREFIX),
+                   help="metric name prefix (default celery)")
+    g.add_argument("--label", action="append", metavar="NAME=VALUE",
+                   default=_env_list("--label"), help="static label on every metric")
+    g.add_argument("--worker-label", default=_env("--worker-label", "full"),
+                   help="worker label on task metrics: full (node name), host (part after @), "
+                        "regex (first group of --worker-label-regex), none")
+    g.add_argument("--worker-label-regex", default=_env("--worker-label-regex"))
+    g.add_argument("--include-task", action="append", metavar="GLOB",
+                   default=_env_list("--include-task"),
+                   help="only export task metrics for task names matching (repeatable)")
+    g.add_argument("--exclude-task", action="append", metavar="GLOB",
+                   default=_env_list("--exclude-task"),
+                   help="drop task metrics for task names matching (repeatable)")
+    g.add_argument("--max-series", type=int, default=int(_env("--max-series", 10_000)),  # type: ignore[arg-type]
+                   help="series cap per metric; observations past it are counted and dropped")
+    g.add_argument("--max-label-length", type=int,
+                   default=int(_env("--max-label-length", 128)))  # type: ignore[arg-type]
+    for metric, flag in ((m.QUEUE_WAIT, "--queue-wait-buckets"),
+                         (m.PREFETCH_WAIT, "--prefetch-wait-buckets"),
+                         (m.RUNTIME, "--runtime-buckets")):
+        g.add_argument(flag, default=_env(flag),
+                       help=f"comma-separated bucket bounds in seconds for {metric.full()} "
+                            f"(default {','.join(f'{b:g}' for b in metric.buckets or ())})")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--worker-timeout", type=float,
+                   default=float(_env("--worker-timeout", 0)),  # type: ignore[arg-type]
+                   help="seconds without heartbeats before a worker is down (default 0: "
+                        "Celery's rule, twice the worker's heartbeat interval)")
+    g.add_argument("--worker-down-retention", type=float,
+                   default=float(_env("--worker-down-retention", 600)),  # type: ignore[arg-type]
+                   help="seconds a down worker's series stay (at up 0) before removal")
+    g.add_argument("--max-tasks", type=int, default=int(_env("--max-tasks", 100_000)),  # type: ignore[arg-type]
+                   help="cap of the in-flight task table")
+    g.add_argument("--task-ttl", type=float, default=float(_env("--task-ttl", 3600)),  # type: ignore[arg-type]
+                   help="seconds an in-flight task without events is kept")
+    g.add_argument("--max-message-bytes", type=int,
+                   default=int(_env("--max-message-bytes", 1 << 20)))  # type: ignore[arg-type]
+    g.add_argument("--ingest", choices=("auto", "redis", "kombu"),
+                   default=_env("--ingest", "auto"),
+                   help="event consumer: auto (Redis fast path for Redis URLs), redis, kombu")
+    g = p.add_argument_group("probes")
+    g.add_argument("--queue", action="append", metavar="NAME", default=_env_list("--queue"),
+                   help="queue to measure even before any event names it (repeatable)")
+    g.add_argument("--probe-interval", type=float,
+                   default=float(_env("--probe-interval", 15)),  # type: ignore[arg-type]
+                   help="seconds between queue probes (0 disables)")
+    g.add_argument("--probe-timeout", type=float,
+                   default=float(_env("--probe-timeout", 5)))  # type: ignore[arg-type]
+    g.add_argument("--no-inspect", action="store_true", default=_env_bool("--no-inspect", False),
+                   help="do not broadcast `inspect` for pool size, prefetch limit and queues")
+    g.add_argument("--inspect-interval", type=float,
+                   default=float(_env("--inspect-interval", 60)))  # type: ignore[arg-type]
+    g.add_argument("--rabbitmq-management-url", default=_env("--rabbitmq-management-url"),
+                   help="e.g. https://user:pass@rabbit:15672 for unacked counts and "
+                        "consumer utilisation")
+    g.add_argument("--rabbitmq-management-ca", default=_env("--rabbitmq-management-ca"),
+                   help="CA bundle to verify the management API's certificate")
+    p.add_argument("--log-level", default=_env("--log-level", "INFO"),
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def resolve_broker(args: argparse.Namespace) -> tuple[str, dict, str]:
+    url, options, exchange = args.broker_url, {}, None
+    if args.django_settings and (not url or not args.transport_option):
+        d_url, d_options, exchange = django_broker(args.django_settings)
+        url = url or d_url
+        options = d_options
+    url = url or os.environ.get("CELERY_BROKER_URL")
+    check_broker_url(url or "")
+    if args.broker_password_file:
+        try:
+            with open(args.broker_password_file) as fh:
+                password = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"--broker-password-file: {exc.strerror}") from None
+        url = with_password(url, password)
+    options.update(parse_transport_options(args.transport_option, "--transport-option"))
+    return url, options, args.events_exchange or exchange or "celeryev"
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    url, options, exchange = resolve_broker(args)
+    check_prefix(args.prefix)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a TCP port")
+    for flag, value in (("--max-series", args.max_series), ("--max-tasks", args.max_tasks),
+                        ("--max-message-bytes", args.max_message_bytes)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1")
+    for flag, value in (("--worker-timeout", args.worker_timeout),
+                        ("--worker-down-retention", args.worker_down_retention),
+                        ("--task-ttl", args.task_ttl), ("--probe-interval", args.probe_interval),
+                        ("--inspect-interval", args.inspect_interval)):
+        if value < 0 or value != value:
+            raise ConfigError(f"{flag}: must be a non-negative number of seconds")
+    if args.probe_timeout <= 0:
+        raise ConfigError("--probe-timeout: must be positive")
+    buckets = {}
+    for metric, flag, value in ((m.QUEUE_WAIT, "--queue-wait-buckets", args.queue_wait_buckets),
+                                (m.PREFETCH_WAIT, "--prefetch-wait-buckets",
+                                 args.prefetch_wait_buckets),
+                                (m.RUNTIME, "--runtime-buckets", args.runtime_buckets)):
+        if value:
+            buckets[metric.key] = parse_buckets(value, flag)
+    labels = worker_label_policy(args.worker_label, args.worker_label_regex,
+                                 args.max_label_length, tuple(args.include_task),
+                                 tuple(args.exclude_task))
+    static = parse_label_pairs(args.label, "--label")
+    return Config(
+        broker_url=url, transport_options=options, events_exchange=exchange,
+        host=args.host, port=args.port, prefix=args.prefix,
+        state=StateConfig(max_tasks=args.max_tasks, task_ttl=args.task_ttl,
+                          worker_timeout=args.worker_timeout,
+                          worker_down_retention=args.worker_down_retention,
+                          max_series=args.max_series, labels=labels, buckets=buckets),
+        static_labels=static, queues=tuple(args.queue), probe_interval=args.probe_interval,
+        probe_timeout=args.probe_timeout, inspect=not args.no_inspect,
+        inspect_interval=args.inspect_interval,
+        rabbitmq_management_url=args.rabbitmq_management_url,
+        rabbitmq_management_ca=args.rabbitmq_management_ca,
+        web_config_file=args.web_config_file, max_message_bytes=args.max_message_bytes,
+        ingest=args.ingest, log_level=args.log_level)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kombu and celery log connection URLs at DEBUG; keep them out of the exporter's log.
+    for noisy in ("kombu", "celery", "amqp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        from exporter import webconfig
+
+        web = webconfig.load(config.web_config_file) if config.web_config_file else None
+    except ConfigError as exc:
+        parser.exit(2, f"celery-events-exporter: error: {exc}\n")
+    setup_logging(config.log_level)
+    from exporter.app import Exporter
+
+    try:
+        exporter = Exporter(config, web, protect_health=args.protect_health)
+    except OSError as exc:
+        parser.exit(1, f"celery-events-exporter: error: --host/--port: cannot listen on "
+                       f"{config.host}:{config.port}: {exc.strerror}\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    exporter.start()
+    while not stop.wait(3600):
+        pass
+    log.info("shutting down")
+    exporter.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
+    if argv and argv[0] == command:
+        argv = argv[1:]
+    if command == "check":
+        from exporter.check import main as check_main
+
+        return check_main(argv)
+    if command in ("dashboards", "rules"):
+        return _generator(command, argv)
+    return run(argv)
+
+
+def _generator(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"celery-events-exporter {command}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    if command == "dashboards":
+        from dashboards import cli as gen
+    else:
+        from alerts import cli as gen
+    gen.register(sub)
+    args = parser.parse_args([command, *argv])
+    return gen.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

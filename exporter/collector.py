@@ -1,0 +1,220 @@
+"""State snapshot -> Prometheus metric families, rendered at scrape time.
+
+The lock is held only to copy dict references; families are built outside it, so a
+large scrape never stalls ingest for longer than a few dict copies.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+import celery
+import kombu
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from exporter import __version__
+from exporter import metrics as m
+from exporter.pipeline import Pipeline
+from exporter.probes import ProbeResults
+
+
+class CeleryCollector:
+    def __init__(self, pipeline: Pipeline, probes: ProbeResults | None = None,
+                 prefix: str = m.DEFAULT_PREFIX,
+                 static_labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self.pipeline = pipeline
+        self.probes = probes or ProbeResults()
+        self.prefix = prefix
+        self.static_names = tuple(k for k, _ in static_labels)
+        self.static_values = tuple(v for _, v in static_labels)
+        self.drop_worker = pipeline.state.config.labels.worker_mode == "none"
+        self._le = {}
+
+    def describe(self) -> list[Metric]:
+        # Registering must not render: nothing to declare up front.
+        return []
+
+    def _labels(self, metric: m.Metric) -> list[str]:
+        names = list(metric.labels)
+        if self.drop_worker and "worker" in names and not metric.key.startswith("worker_"):
+            names.remove("worker")
+        return [*names, *self.static_names]
+
+    def _gauge(self, metric: m.Metric) -> GaugeMetricFamily:
+        return GaugeMetricFamily(metric.full(self.prefix), metric.help,
+                                 labels=self._labels(metric))
+
+    def _counter(self, metric: m.Metric) -> CounterMetricFamily:
+        return CounterMetricFamily(metric.family(self.prefix), metric.help,
+                                   labels=self._labels(metric))
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.pipeline.state
+        with self.pipeline.lock:
+            counters = [(s.metric, s.data.copy()) for s in state.counters.values()]
+            histograms = [(s.metric, s.bounds, s.data.copy()) for s in state.histograms.values()]
+            workers = [(w.label if not self.drop_worker else w.hostname, w.hostname, w.up,
+                        w.active, w.prefetched, w.scheduled, w.last_seen, w.sw_ver, w.sw_ident,
+                        w.sw_sys, w.pool, w.prefetch_limit, w.events_missing, w.queues)
+                       for w in state.workers.values()]
+            event_types = dict(state.event_types)
+            invalid = dict(state.invalid)
+            evicted = dict(state.evicted)
+            clamped = dict(state.clamped)
+            dropped = state.series_dropped
+            tracked = len(state.tasks)
+            last_event, lag = state.last_event, state.lag
+            missing = state.task_events_missing
+            connected, reconnects = self.pipeline.connected, self.pipeline.reconnects
+        static = self.static_values
+
+        for metric, data in counters:
+            family = self._counter(metric)
+            add = family.add_metric
+            if self.drop_worker and "worker" in metric.labels:
+                worker_pos = metric.labels.index("worker")
+                for key, cell in data.items():
+                    add([*key[:worker_pos], *key[worker_pos + 1:], *static], cell[0])
+            else:
+                for key, cell in data.items():
+                    add([*key, *static], cell[0])
+            yield family
+
+        for metric, bounds, data in histograms:
+            family = HistogramMetricFamily(metric.full(self.prefix), metric.help,
+                                           labels=self._labels(metric))
+            les = [*(self._go(b) for b in bounds), "+Inf"]
+            for key, cell in data.items():
+                running = 0.0
+                buckets = []
+                for le, count in zip(les, cell, strict=False):
+                    running += count
+                    buckets.append((le, running))
+                family.add_metric([*key, *static], buckets, cell[-1])
+            yield family
+
+        yield from self._workers(workers, missing)
+        yield from self._queues(workers)
+
+        def one(metric: m.Metric, value: float) -> GaugeMetricFamily:
+            family = self._gauge(metric)
+            family.add_metric(list(static), value)
+            return family
+
+        def by(metric: m.Metric, values: dict, counter: bool = False) -> Metric:
+            family = self._counter(metric) if counter else self._gauge(metric)
+            for label, value in sorted(values.items()):
+                family.add_metric([label, *static], value)
+            return family
+
+        info = self._gauge(m.BUILD_INFO)
+        info.add_metric([__version__, platform.python_version(), celery.__version__,
+                         kombu.__version__, *static], 1)
+        yield info
+        yield one(m.BROKER_CONNECTED, 1.0 if connected else 0.0)
+        reconnect_family = self._counter(m.BROKER_RECONNECTS)
+        reconnect_family.add_metric(list(static), reconnects)
+        yield reconnect_family
+        yield by(m.EVENTS, event_types, counter=True)
+        yield by(m.EVENTS_INVALID, invalid, counter=True)
+        if last_event:
+            yield one(m.LAST_EVENT, last_event)
+            yield one(m.EVENT_LAG, lag)
+        yield one(m.TASKS_TRACKED, tracked)
+        yield by(m.TASKS_EVICTED, evicted, counter=True)
+        yield by(m.SERIES_DROPPED, self._full_names(dropped), counter=True)
+        yield by(m.WAITS_CLAMPED, self._full_names(clamped), counter=True)
+        yield one(m.WORKERS_TASK_EVENTS_MISSING, 1.0 if missing else 0.0)
+        yield from self._probe_status()
+
+    def _full_names(self, by_key: dict[str, int]) -> dict[str, int]:
+        return {m.BY_KEY[key].full(self.prefix): value for key, value in by_key.items()}
+
+    def _go(self, bound: float) -> str:
+        text = self._le.get(bound)
+        if text is None:
+            text = self._le[bound] = floatToGoString(bound)
+        return text
+
+    def _workers(self, workers: list, missing: bool) -> Iterator[Metric]:
+        static = self.static_values
+        up = self._gauge(m.WORKER_UP)
+        active = self._gauge(m.WORKER_TASKS_ACTIVE)
+        prefetched = self._gauge(m.WORKER_TASKS_PREFETCHED)
+        scheduled = self._gauge(m.WORKER_TASKS_SCHEDULED)
+        seen = self._gauge(m.WORKER_LAST_HEARTBEAT)
+        info = self._gauge(m.WORKER_INFO)
+        pool = self._gauge(m.WORKER_POOL_PROCESSES)
+        limit = self._gauge(m.WORKER_PREFETCH_LIMIT)
+        events_missing = self._gauge(m.WORKER_TASK_EVENTS_MISSING)
+        # Worker gauges are per node: with grouped worker labels several nodes share a
+        # label, so their values add up (and `up` counts live nodes).
+        rows: dict[str, list[float]] = {}
+        for (label, _host, is_up, act, pre, sch, last, ver, ident, system, size, plimit, miss,
+             _queues) in workers:
+            row = rows.setdefault(label, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            row[0] += 1.0 if is_up else 0.0
+            row[1] += (act or 0) if is_up else 0
+            row[2] += max(pre, 0)
+            row[3] += max(sch, 0)
+            row[4] = max(row[4], last)
+            row[5] += size or 0
+            row[6] += plimit or 0
+            row[7] = max(row[7], 1.0 if miss and is_up else 0.0)
+            row[8] += 1.0 if size is not None else 0.0
+            if ver or ident or system:
+                info.add_metric([label, ver, ident, system, *static], 1)
+        for label, row in sorted(rows.items()):
+            key = [label, *static]
+            up.add_metric(key, row[0])
+            active.add_metric(key, row[1])
+            prefetched.add_metric(key, row[2])
+            scheduled.add_metric(key, row[3])
+            seen.add_metric(key, row[4])
+            events_missing.add_metric(key, row[7])
+            if row[8]:
+                pool.add_metric(key, row[5])
+                limit.add_metric(key, row[6])
+        yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing)
+
+    def _queues(self, workers: list) -> Iterator[Metric]:
+        static = self.static_values
+        with self.probes.lock:
+            facts = self.probes.queues
+            lengths, consumers = dict(facts.length), dict(facts.consumers)
+            unacked, utilisation = dict(facts.unacked), dict(facts.utilisation)
+        if not consumers and any(row[13] for row in workers):
+            # Redis has no consumer count: count live workers that consume each queue.
+            for name in lengths:
+                consumers[name] = float(sum(1 for row in workers if row[2] and name in row[13]))
+        for metric, values in ((m.QUEUE_LENGTH, lengths), (m.QUEUE_CONSUMERS, consumers),
+                               (m.QUEUE_MESSAGES_UNACKED, unacked),
+                               (m.QUEUE_CONSUMER_UTILISATION, utilisation)):
+            family = self._gauge(metric)
+            for name, value in sorted(values.items()):
+                family.add_metric([name, *static], value)
+            yield family
+
+    def _probe_status(self) -> Iterator[Metric]:
+        static = self.static_values
+        duration = self._gauge(m.PROBE_DURATION)
+        success = self._gauge(m.PROBE_SUCCESS)
+        errors = self._counter(m.PROBE_ERRORS)
+        with self.probes.lock:
+            rows = [(n, s.duration, s.success, s.errors, s.last_run)
+                    for n, s in sorted(self.probes.status.items())]
+        for name, dur, ok, errs, last_run in rows:
+            key = [name, *static]
+            if last_run:
+                duration.add_metric(key, dur)
+                success.add_metric(key, 1.0 if ok else 0.0)
+            errors.add_metric(key, errs)
+        yield from (duration, success, errors)
+

@@ -1,0 +1,18 @@
+"""Broker consumers: read the Celery event stream and feed the pipeline."""
+
+from __future__ import annotations
+
+from exporter.config import Config
+from exporter.ingest.base import Consumer
+from exporter.pipeline import Pipeline
+
+
+def make_consumer(config: Config, pipeline: Pipeline) -> Consumer:
+    """The Redis fast path for Redis URLs, kombu for everything else (or when asked)."""
+    if config.ingest == "redis" or (config.ingest == "auto" and config.is_redis):
+        from exporter.ingest.redis import RedisConsumer
+
+        return RedisConsumer(config, pipeline)
+    from exporter.ingest.kombu import KombuConsumer
+
+    return KombuConsumer(config, pipeline)

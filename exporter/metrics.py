@@ -1,0 +1,186 @@
+"""The metric catalogue: the one source of truth for names, help texts, labels and buckets.
+
+The collector renders from it, and the dashboards and alert rules import it, so a renamed
+metric breaks the build rather than a dashboard panel in production.
+
+Names are stored without the configurable prefix; `Metric.full(prefix)` gives the exposed
+name. Counters keep their `_total` suffix here because that is the name users query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+DEFAULT_PREFIX = "celery"
+
+# Waits reach minutes when a queue backs up, and an hour for ETA-free backlogs we still
+# want to see; runtime spans short I/O tasks to long reports.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)
+PREFETCH_WAIT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)
+RUNTIME_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+    def full(self, prefix: str = DEFAULT_PREFIX) -> str:
+        return f"{prefix}_{self.key}" if prefix else self.key
+
+    def family(self, prefix: str = DEFAULT_PREFIX) -> str:
+        """The family name prometheus_client wants (counters without `_total`)."""
+        name = self.full(prefix)
+        if self.kind == "counter" and name.endswith("_total"):
+            return name[: -len("_total")]
+        return name
+
+
+_TASK = ("name", "queue")
+_TASK_W = ("name", "queue", "worker")
+
+TASK_SENT = Metric("task_sent_total", "counter",
+                   "Tasks published by producers (task-sent events).", _TASK)
+TASK_RECEIVED = Metric("task_received_total", "counter",
+                       "Tasks received by a worker into its prefetch buffer.", _TASK_W)
+TASK_STARTED = Metric("task_started_total", "counter",
+                      "Task executions started by a worker pool.", _TASK_W)
+TASK_SUCCEEDED = Metric("task_succeeded_total", "counter",
+                        "Task executions that succeeded.", _TASK_W)
+TASK_FAILED = Metric("task_failed_total", "counter",
+                     "Task executions that failed, by exception class name.",
+                     (*_TASK_W, "exception"))
+TASK_RETRIED = Metric("task_retried_total", "counter",
+                      "Task executions that ended in a retry.", _TASK_W)
+TASK_REJECTED = Metric("task_rejected_total", "counter",
+                       "Task messages rejected by a worker.", _TASK_W)
+TASK_REVOKED = Metric("task_revoked_total", "counter",
+                      "Tasks revoked, by reason (revoked, terminated, expired).",
+                      (*_TASK_W, "reason"))
+
+TASK_COUNTERS: tuple[Metric, ...] = (
+    TASK_SENT, TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED, TASK_RETRIED,
+    TASK_REJECTED, TASK_REVOKED,
+)
+
+QUEUE_WAIT = Metric(
+    "task_queue_wait_seconds", "histogram",
+    "Time from publish (or ETA/countdown, whichever is later) to execution start, "
+    "corrected for clock offsets between hosts.",
+    _TASK, QUEUE_WAIT_BUCKETS)
+PREFETCH_WAIT = Metric(
+    "task_prefetch_wait_seconds", "histogram",
+    "Time a task spent in a worker's prefetch buffer: received to started, worker clock, "
+    "ETA tasks excluded.",
+    _TASK, PREFETCH_WAIT_BUCKETS)
+RUNTIME = Metric(
+    "task_runtime_seconds", "histogram",
+    "Task execution time, started to finished, for succeeded and failed executions.",
+    _TASK, RUNTIME_BUCKETS)
+
+HISTOGRAMS: tuple[Metric, ...] = (QUEUE_WAIT, PREFETCH_WAIT, RUNTIME)
+
+WORKER_UP = Metric("worker_up", "gauge",
+                   "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "
+                   "worker-offline (kept for the down retention, then removed).", ("worker",))
+WORKER_TASKS_ACTIVE = Metric("worker_tasks_active", "gauge",
+                             "Tasks executing on the worker, from its last heartbeat.",
+                             ("worker",))
+WORKER_TASKS_PREFETCHED = Metric("worker_tasks_prefetched", "gauge",
+                                 "Tasks received by the worker and not started yet, ETA tasks "
+                                 "excluded (the prefetch backlog).", ("worker",))
+WORKER_TASKS_SCHEDULED = Metric("worker_tasks_scheduled", "gauge",
+                                "ETA/countdown tasks held by the worker until their time.",
+                                ("worker",))
+WORKER_LAST_HEARTBEAT = Metric("worker_last_heartbeat_timestamp_seconds", "gauge",
+                               "When the exporter last heard from the worker, by heartbeat or "
+                               "task event (exporter clock).", ("worker",))
+WORKER_INFO = Metric("worker_info", "gauge",
+                     "Constant 1, labelled with the worker's software identity.",
+                     ("worker", "version", "implementation", "system"))
+WORKER_POOL_PROCESSES = Metric("worker_pool_processes", "gauge",
+                               "Pool size (max concurrency) reported by inspect stats.",
+                               ("worker",))
+WORKER_PREFETCH_LIMIT = Metric("worker_prefetch_limit", "gauge",
+                               "Prefetch count reported by inspect stats.", ("worker",))
+WORKER_TASK_EVENTS_MISSING = Metric(
+    "worker_task_events_missing", "gauge",
+    "1 when the worker processes tasks (heartbeat 'processed' grows) but sends no task "
+    "events: start it with -E or set worker_send_task_events.", ("worker",))
+
+WORKER_GAUGES: tuple[Metric, ...] = (
+    WORKER_UP, WORKER_TASKS_ACTIVE, WORKER_TASKS_PREFETCHED, WORKER_TASKS_SCHEDULED,
+    WORKER_LAST_HEARTBEAT, WORKER_TASK_EVENTS_MISSING,
+)
+
+QUEUE_LENGTH = Metric("queue_length", "gauge",
+                      "Messages waiting in the queue (Redis: all priority lists; RabbitMQ: "
+                      "ready messages).", ("queue",))
+QUEUE_CONSUMERS = Metric("queue_consumers", "gauge",
+                         "Consumers of the queue (RabbitMQ: from the broker; Redis: live "
+                         "workers consuming it).", ("queue",))
+QUEUE_MESSAGES_UNACKED = Metric("queue_messages_unacked", "gauge",
+                                "Delivered, unacknowledged messages (RabbitMQ management API).",
+                                ("queue",))
+QUEUE_CONSUMER_UTILISATION = Metric("queue_consumer_utilisation", "gauge",
+                                    "Fraction of time the queue could deliver to consumers "
+                                    "immediately (RabbitMQ management API).", ("queue",))
+
+BUILD_INFO = Metric("exporter_build_info", "gauge",
+                    "Constant 1, labelled with the exporter's version and libraries.",
+                    ("version", "python", "celery", "kombu"))
+BROKER_CONNECTED = Metric("exporter_broker_connected", "gauge",
+                          "1 while the event consumer is connected to the broker.")
+BROKER_RECONNECTS = Metric("exporter_broker_reconnects_total", "counter",
+                           "Times the event consumer lost its broker connection.")
+EVENTS = Metric("exporter_events_total", "counter",
+                "Events ingested, by event type.", ("type",))
+EVENTS_INVALID = Metric("exporter_events_invalid_total", "counter",
+                        "Messages or events dropped as invalid, by reason.", ("reason",))
+LAST_EVENT = Metric("exporter_last_event_timestamp_seconds", "gauge",
+                    "When the last event was received (exporter clock).")
+EVENT_LAG = Metric("exporter_event_lag_seconds", "gauge",
+                   "Receive time minus the sender's timestamp for the last event processed "
+                   "(includes clock offset between hosts).")
+TASKS_TRACKED = Metric("exporter_tasks_tracked", "gauge",
+                       "Tasks in the in-flight table.")
+TASKS_EVICTED = Metric("exporter_tasks_evicted_total", "counter",
+                       "Tasks dropped from the in-flight table before a terminal event, by "
+                       "reason (capacity, ttl).", ("reason",))
+SERIES_DROPPED = Metric("exporter_series_dropped_total", "counter",
+                        "Observations dropped because the metric hit its series cap.",
+                        ("metric",))
+WAITS_CLAMPED = Metric("exporter_waits_clamped_total", "counter",
+                       "Wait observations that came out negative (clock skew) and were "
+                       "recorded as 0.", ("metric",))
+PROBE_DURATION = Metric("exporter_probe_duration_seconds", "gauge",
+                        "Duration of the last run of each broker probe.", ("probe",))
+PROBE_SUCCESS = Metric("exporter_probe_success", "gauge",
+                       "1 if the last run of the probe succeeded.", ("probe",))
+PROBE_ERRORS = Metric("exporter_probe_errors_total", "counter",
+                      "Failed probe runs.", ("probe",))
+WORKERS_TASK_EVENTS_MISSING = Metric(
+    "exporter_task_events_missing", "gauge",
+    "1 when live workers process tasks but no task events arrive at all (events disabled).")
+
+ALL: tuple[Metric, ...] = (
+    *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
+    WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
+    QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
+    EVENTS_INVALID, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED, SERIES_DROPPED,
+    WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS, WORKERS_TASK_EVENTS_MISSING,
+)
+
+BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}

@@ -1,0 +1,54 @@
+"""Worker facts only a broadcast can tell: pool size, prefetch limit, consumed queues.
+
+`inspect` waits for replies, so it runs here on a slow timer, with a short timeout and a
+reply limit, never on a scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from exporter.pipeline import Pipeline
+from exporter.probes import Probe, ProbeResults
+from exporter.state import apply_worker_probe
+
+
+class InspectProbe(Probe):
+    name = "inspect"
+
+    def __init__(self, broker_url: str, transport_options: dict, pipeline: Pipeline,
+                 interval: float, timeout: float,
+                 live_workers: Callable[[], int] | None = None) -> None:
+        from celery import Celery
+
+        self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
+        self.app.conf.broker_transport_options = transport_options
+        self.app.conf.broker_connection_retry_on_startup = False
+        self.pipeline = pipeline
+        self.interval = interval
+        self.timeout = timeout
+        self.live_workers = live_workers
+
+    def run(self, results: ProbeResults) -> None:
+        limit = self.live_workers() if self.live_workers else None
+        if limit == 0:
+            return
+        inspect = self.app.control.inspect(timeout=self.timeout, limit=limit or None)
+        stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
+        with self.pipeline.lock:
+            for hostname in set(stats) | set(queues):
+                info = stats.get(hostname) or {}
+                pool = info.get("pool") or {}
+                size = pool.get("max-concurrency")
+                prefetch = info.get("prefetch_count")
+                names = queues.get(hostname)
+                apply_worker_probe(
+                    self.pipeline.state, hostname,
+                    size if isinstance(size, int) else None,
+                    prefetch if isinstance(prefetch, int) else None,
+                    frozenset(q["name"] for q in names if isinstance(q, dict) and "name" in q)
+                    if isinstance(names, list) else None)
+
+    def close(self) -> None:
+        self.app.close()

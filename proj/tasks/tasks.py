@@ -1,0 +1,105 @@
+"""The project's Celery tasks.
+
+Names are explicit (`tasks.<verb>`) so they stay stable when modules move: they are the
+`name` label on every exporter metric and the keys of CELERY_TASK_ROUTES.
+
+acks_late is on where running a task twice is harmless (pure computations, reports,
+idempotent imports): a worker killed mid-task then leaves the message for another worker.
+The emails keep early acks: a duplicate email is worse than a retry by hand.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from smtplib import SMTPException
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.core.mail import send_mail
+from django.utils import timezone
+
+from tasks import work
+from tasks.base import ObservedTask
+from tasks.exceptions import ExternalServiceError
+from tasks.models import Signup
+
+_MAIL_RETRY = {"autoretry_for": (SMTPException, ConnectionError), "retry_backoff": True,
+               "retry_backoff_max": 300, "retry_jitter": True, "max_retries": 5}
+
+
+@shared_task(name="tasks.send_welcome_email", base=ObservedTask, bind=True, **_MAIL_RETRY)
+def send_welcome_email(self: ObservedTask, signup_id: int) -> dict[str, Any]:
+    signup = Signup.objects.get(pk=signup_id)
+    if signup.welcome_sent_at is not None:
+        return {"signup": signup_id, "sent": False}
+    send_mail("Welcome aboard", "Thanks for signing up.", settings.DEFAULT_FROM_EMAIL,
+              [signup.email])
+    Signup.objects.filter(pk=signup_id, welcome_sent_at__isnull=True).update(
+        welcome_sent_at=timezone.now())
+    return {"signup": signup_id, "sent": True}
+
+
+@shared_task(name="tasks.send_password_reset", base=ObservedTask, bind=True, **_MAIL_RETRY)
+def send_password_reset(self: ObservedTask, email: str) -> dict[str, Any]:
+    # The token is only ever in the email body: not in args, results or logs.
+    token = secrets.token_urlsafe(24)
+    send_mail("Reset your password", f"Use this code within 15 minutes: {token}",
+              settings.DEFAULT_FROM_EMAIL, [email])
+    return {"sent": True}
+
+
+@shared_task(name="tasks.resize_image", base=ObservedTask, bind=True, acks_late=True)
+def resize_image(self: ObservedTask, width: int = 1600, height: int = 1200,
+                 max_side: int = 256, seed: int = 0) -> dict[str, Any]:
+    return work.make_thumbnail(width, height, max_side, seed)
+
+
+@shared_task(name="tasks.crunch_numbers", base=ObservedTask, bind=True, acks_late=True,
+             soft_time_limit=60, time_limit=90)
+def crunch_numbers(self: ObservedTask, limit: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    primes = work.count_primes(limit)
+    return {"limit": limit, "primes": primes,
+            "seconds": round(time.perf_counter() - started, 4)}
+
+
+@shared_task(name="tasks.import_record", base=ObservedTask, bind=True, acks_late=True)
+def import_record(self: ObservedTask, record: dict[str, Any]) -> dict[str, Any]:
+    # Bad records fail (KeyError/ValueError) rather than retry: retrying cannot fix them.
+    return work.normalise_record(record)
+
+
+@shared_task(name="tasks.call_flaky_service", base=ObservedTask, bind=True, acks_late=True,
+             autoretry_for=(ExternalServiceError,),
+             retry_backoff=1,  # 1 s, 2 s, 4 s, ... before jitter
+             retry_backoff_max=60,
+             retry_jitter=True,  # full jitter: spreads a thundering herd of retries
+             max_retries=3)
+def call_flaky_service(self: ObservedTask, endpoint: str = "billing", fail_first: int = 0,
+                       latency: float = 0.05) -> dict[str, Any]:
+    return work.call_external_service(endpoint, self.request.retries or 0, fail_first, latency)
+
+
+@shared_task(name="tasks.process_batch", base=ObservedTask, bind=True, acks_late=True)
+def process_batch(self: ObservedTask, items: list[int], chunk_size: int = 100) -> dict[str, Any]:
+    total, checksum, chunks = len(items), 0, 0
+    for chunk in work.chunked(items, chunk_size):
+        checksum = (checksum + sum(work.score_item(i) for i in chunk)) % 1_000_003
+        chunks += 1
+        # One progress write per chunk, not per item: the result backend is a database.
+        self.update_state(state="PROGRESS", meta={"done": min(chunks * chunk_size, total),
+                                                  "total": total})
+    return {"items": total, "chunks": chunks, "checksum": checksum}
+
+
+@shared_task(name="tasks.slow_report", base=ObservedTask, bind=True, acks_late=True,
+             soft_time_limit=600, time_limit=660)
+def slow_report(self: ObservedTask, seconds: float, rows: int = 1000) -> dict[str, Any]:
+    # Stands in for a report that waits on a slow database: it mostly sleeps, which is what
+    # makes queues and prefetch buffers back up behind it.
+    deadline = time.monotonic() + max(0.0, seconds)
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.25, left))
+    return {"rows": rows, "seconds": seconds}
