@@ -70,19 +70,12 @@ def redact_url(url: str) -> str:
     return ";".join(_redact_one(part) for part in url.split(";"))
 
 
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@")
+
+
 def _redact_one(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # A regex, not urlsplit: it must also hide the password of a URL too broken to parse.
+    return _USERINFO.sub(r"\1:***@", url.strip())
 
 
 def with_password(url: str, password: str) -> str:

@@ -133,6 +133,9 @@ def parse(url: str, options: dict | None = None) -> RedisTarget:
     except ValueError:
         raise ValueError(f"Redis database {db_text!r} is not a number") from None
     if scheme == "sentinel":
+        # Any of the sentinel URLs may carry the database number.
+        paths = [urlsplit(part).path.strip("/") for part in url.split(";")]
+        db = int(next((p for p in paths if p), "0"))
         sentinels = []
         for part in url.split(";"):
             p = urlsplit(part)

@@ -212,10 +212,10 @@ class State:
                 if type(kind) is not str:
                     self.invalid_event("missing_type")
                     continue
+                n = 0
                 if len(types) >= _MAX_EVENT_TYPES:
                     kind = "other"
-                types[kind] = 0
-                n = 0
+                    n = types.get(kind, 0)
             types[kind] = n + 1  # type: ignore[index]
             handler = handlers.get(kind)  # type: ignore[arg-type]
             if handler is None:
