@@ -1,0 +1,41 @@
+# Shared by scripts/test and scripts/demo: system packages and the project's .venv.
+# Usage: source scripts/env.sh; ensure_packages redis-server ...; ensure_venv
+
+ensure_packages() {
+  # ensure_packages <command-or-path>:<debian package> ...
+  local need=() item cmd pkg
+  for item in "$@"; do
+    cmd=${item%%:*}; pkg=${item#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+      need+=("$pkg")
+    fi
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${need[@]}" >/dev/null
+  else
+    echo "missing system packages: ${need[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install ${need[*]}) and rerun" >&2
+    return 1
+  fi
+}
+
+ensure_venv() {
+  local py=${PYTHON:-python3} stamp
+  if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$py" -m venv .venv
+  fi
+  stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+  if [ ! -f "$stamp" ]; then
+    echo "== installing Python dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+  fi
+  export PATH="$PWD/.venv/bin:$PATH"
+}
