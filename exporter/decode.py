@@ -15,6 +15,9 @@ import binascii
 import orjson
 
 JSON = "application/json"
+# Every reason `Invalid` can carry, so the drop counters exist (at 0) before the first drop.
+REASONS = ("oversized", "malformed_envelope", "content_type", "body_encoding", "malformed_body",
+           "malformed_json", "not_an_object")
 DEFAULT_MAX_BYTES = 1 << 20
 
 _loads = orjson.loads

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from exporter import metrics as m
+from exporter.decode import REASONS
 from exporter.labels import UNKNOWN, Labeler, LabelPolicy, exception_class
 
 # Where a task sits in a worker's buffer (received, not started).
@@ -28,6 +29,7 @@ _NONE, _PREFETCHED, _SCHEDULED = 0, 1, 2
 OFFSET_WINDOW_SECONDS = 300.0
 _MAX_EVENT_TYPES = 64
 _FINISHED_CAP = 10_000
+EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class State:
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric))
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
-        self.invalid: dict[str, int] = {}
+        self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
         self.evicted: dict[str, int] = {"capacity": 0, "ttl": 0}
         self.clamped: dict[str, int] = {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
         self.queues_seen: dict[str, None] = {}
@@ -573,11 +575,8 @@ class State:
 
     @property
     def series_dropped(self) -> dict[str, int]:
-        out = {}
-        for series in (*self.counters.values(), *self.histograms.values()):
-            if series.dropped:
-                out[series.metric.key] = series.dropped
-        return out
+        return {series.metric.key: series.dropped
+                for series in (*self.counters.values(), *self.histograms.values())}
 
     @property
     def task_events_missing(self) -> bool:

@@ -393,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", choices=("redis", "amqp"), default="redis")
     p.add_argument("--exporter-port", type=int, default=9540)
     p.add_argument("--workdir", type=Path, default=ROOT / ".demo")
-    p.add_argument("--no-prometheus", action="store_true")
+    p.add_argument("--no-prometheus", action="store_true",
+                   help="skip Prometheus and Alertmanager")
+    p.add_argument("--webhook-url", help="send Alertmanager's notifications to this webhook")
+    p.add_argument("--scrape-interval", default="5s", help="Prometheus scrape/eval interval")
+    p.add_argument("--seed", type=int, help="seed of the load generator, for a repeatable mix")
     return p
 
 
@@ -405,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.workdir)
     options = StackOptions(workdir=args.workdir, broker=args.broker, rate=args.rate,
                            duration=args.duration, exporter_port=args.exporter_port,
-                           prometheus=not args.no_prometheus)
+                           prometheus=not args.no_prometheus, webhook_url=args.webhook_url,
+                           scrape_interval=args.scrape_interval, load_seed=args.seed)
     stack = Stack(options)
     stopping = False
 

@@ -20,6 +20,7 @@ from exporter.pipeline import Pipeline
 from exporter.redisconf import RedisTarget, parse
 
 READ_SIZE = 1 << 20
+FEED_SIZE = 16 << 10
 IDLE_TIMEOUT = 1.0
 PING_AFTER = 15.0
 PING_GRACE = 10.0
@@ -124,18 +125,23 @@ class RedisConsumer(Consumer):
             if not data:
                 raise ConnectionError("Redis closed the connection (a subscriber that falls "
                                       "behind is dropped at client-output-buffer-limit pubsub)")
-            feed(data)
             batch = []
             append = batch.append
-            reply = gets()
-            while reply is not False:
-                if pattern and len(reply) == 4:
-                    append(reply[3])
-                elif not pattern and len(reply) == 3 and reply[0] == b"message":
-                    append(reply[2])
-                elif isinstance(reply, Exception):
-                    raise ConnectionError(f"Redis error: {reply}")
+            size = len(data)
+            # Feed hiredis in slices: it compacts its buffer as replies are taken, which
+            # costs a copy of the whole unread rest each time, so a 1 MiB feed parsed
+            # at once is ~10x dearer per event than the same bytes fed FEED_SIZE at a time.
+            for offset in range(0, size, FEED_SIZE):
+                feed(data, offset, min(FEED_SIZE, size - offset))
                 reply = gets()
+                while reply is not False:
+                    if pattern and len(reply) == 4:
+                        append(reply[3])
+                    elif not pattern and len(reply) == 3 and reply[0] == b"message":
+                        append(reply[2])
+                    elif isinstance(reply, Exception):
+                        raise ConnectionError(f"Redis error: {reply}")
+                    reply = gets()
             last_data = time.monotonic()
             ping_sent = 0.0
             if batch:
