@@ -119,6 +119,8 @@ class RabbitServer:
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cee-rabbit-")))
     wrapper: subprocess.Popen | None = None
     name: str = ""
+    plugins: tuple[str, ...] = ()
+    config: str = ""  # rabbitmq.conf (sysctl format) contents
 
     @property
     def url(self) -> str:
@@ -147,7 +149,9 @@ class RabbitServer:
         self.name = self.name or f"cee{self.port}@localhost"
         (self.dir / "log").mkdir(exist_ok=True)
         (self.dir / "mnesia").mkdir(exist_ok=True)
-        (self.dir / "plugins").write_text("[].\n")
+        (self.dir / "plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        if self.config:
+            (self.dir / "rabbitmq.conf").write_text(self.config)
         if os.geteuid() == 0:
             # Debian's wrapper drops root to the rabbitmq user, which must own the node's files.
             subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.dir)], check=False)
