@@ -40,6 +40,11 @@ ALL_VALUE = ".*"
 
 QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
 
+# Task outcomes a healthy system may never see (see `Q.sum_rate`). Not task-sent: its
+# absence means task_send_sent_event is off, which a 0 would hide.
+ZERO_WHEN_ABSENT: frozenset[Metric] = frozenset(
+    {m.TASK_FAILED, m.TASK_RETRIED, m.TASK_REJECTED, m.TASK_REVOKED})
+
 
 @dataclass(frozen=True)
 class Options:
@@ -52,7 +57,7 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.cluster_label and not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.cluster_label):
-            raise ValueError(f"--cluster-label: not a Prometheus label name: {self.cluster_label!r}")
+            raise ValueError(f"--cluster-label: not a label name: {self.cluster_label!r}")
         if self.prefix and not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", self.prefix):
             raise ValueError(f"--prefix: not a valid metric name prefix: {self.prefix!r}")
         if self.job_selector.strip().startswith("{") or self.job_selector.strip().endswith("}"):
@@ -64,9 +69,9 @@ class Options:
 class Q:
     """Builds PromQL for one dashboard: selector plumbing and the idioms we repeat.
 
-    `filters` are the dashboard-wide variable matchers (queue, task, worker) that apply to
-    metrics carrying that label; callers pass them per metric since not every metric has
-    every label.
+    `base` holds the matchers every query carries (job selector, cluster, `$job`). The
+    queue/task/worker variable matchers are passed per metric, since not every metric has
+    those labels and a matcher on a missing label would hide the series.
     """
 
     opts: Options
@@ -100,12 +105,23 @@ class Q:
         Summing succeeded and failed through one selector keeps the total defined when one
         of the two counters has no series yet, which `a + b` would not.
         """
-        names = "|".join(self.name(m) for m in metrics)
+        names = "|".join(self.name(x) for x in metrics)
         return "{" + ", ".join((f'__name__=~"{names}"', *self.base, *extra)) + "}"
 
     @staticmethod
     def rate(selector: str, window: str = "$__rate_interval") -> str:
         return f"rate({selector}[{window}])"
+
+    def sum_rate(self, metric: Metric, *extra: str, by: str = "") -> str:
+        """Summed per-second rate; outcomes that may never have happened read as 0.
+
+        The exporter creates a task counter series on its first event, so no series means
+        none happened, and a flat 0 says that better than "No data" (which reads as broken).
+        `or on () vector(0)` only adds the 0 when the left side is empty.
+        """
+        grouping = f" by ({by}) " if by else ""
+        expr = f"sum{grouping}({self.rate(self.m(metric, *extra))})"
+        return f"{expr} or on () vector(0)" if metric in ZERO_WHEN_ABSENT else expr
 
     def quantile(self, q: float, metric: Metric, *extra: str, by: Iterable[str] = ()) -> str:
         labels = ", ".join((*by, "le"))
@@ -135,8 +151,9 @@ Target = tuple[str, str]  # (expr, legend)
 def _targets(targets: Sequence[Target], instant: bool = False, fmt: str = "time_series"
              ) -> list[g.Target]:
     return [
+        # intervalFactor 1: grafanalib's default of 2 halves the resolution of every graph.
         g.Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i),
-                 datasource=DATASOURCE, instant=instant, format=fmt)
+                 datasource=DATASOURCE, instant=instant, format=fmt, intervalFactor=1)
         for i, (expr, legend) in enumerate(targets)
     ]
 
@@ -194,6 +211,7 @@ def stat(title: str, targets: Sequence[Target], *, unit: str, description: str,
         colorMode="value",
         textMode="value_and_name" if len(targets) > 1 else "value",
         decimals=decimals,
+        noValue="No data",
         maxDataPoints=None,
     )
     return Cell(panel, w, h)
@@ -237,9 +255,25 @@ def layout(rows: Sequence[tuple[str, Sequence[Cell]]]) -> list[g.Panel]:
     return panels
 
 
+@attr.s
+class _Variable(g.Template):
+    """grafanalib saves "All" as text "$__all"; Grafana saves it as below, and a
+    multi-value variable's current value is a list."""
+
+    def to_json_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_json_data()
+        if self.includeAll and self.default == "$__all":
+            data["current"] = {
+                "selected": True,
+                "text": ["All"] if self.multi else "All",
+                "value": ["$__all"] if self.multi else "$__all",
+            }
+        return data
+
+
 def _query_variable(name: str, label: str, query: str, *, multi: bool = True,
                     include_all: bool = True) -> g.Template:
-    return g.Template(
+    return _Variable(
         name=name,
         label=label,
         query=query,

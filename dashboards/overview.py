@@ -73,17 +73,18 @@ def build(opts: Options) -> g.Dashboard:
              description="Tasks held in worker prefetch buffers, received but not started "
                          "(ETA tasks excluded)."),
         stat("Exporter", [(f"min({q.up()})", "scrape"),
-                          (f"min({q.m(m.BROKER_CONNECTED)})", "broker")],
+                          (f"min({q.m(m.BROKER_CONNECTED)})", "broker"),
+                          (f"min({q.m(m.PROBE_SUCCESS)})", "probes")],
              unit=COUNT, mappings=up_down_mappings(),
              thresholds=steps(("red", None), ("green", 1)),
-             description="Whether Prometheus can scrape the exporter and the exporter is "
-                         "connected to the broker."),
+             description="Whether Prometheus can scrape the exporter, the exporter is "
+                         "connected to the broker, and its last broker probes succeeded."),
     ]
 
     tasks = [
         timeseries(
             "Task throughput by state",
-            [(f"sum({q.rate(q.m(metric))})", state) for state, metric in _STATES],
+            [(q.sum_rate(metric), state) for state, metric in _STATES],
             unit=TASKS_PER_SECOND,
             description="Task events per second by state. sent needs task_send_sent_event "
                         "on producers; the others need workers started with -E."),
@@ -128,12 +129,12 @@ def build(opts: Options) -> g.Dashboard:
     exporter = [
         timeseries("Events ingested by type",
                    [(f"sum by (type) ({q.rate(q.m(m.EVENTS))})", "{{type}}")],
-                   unit=EVENTS_PER_SECOND, w=8, stack=True,
+                   unit=EVENTS_PER_SECOND, w=6, stack=True,
                    description="Celery events the exporter consumed per second."),
         timeseries("Event lag", [
             (f"max({q.m(m.EVENT_LAG)})", "lag of last event"),
             (f"time() - max({q.m(m.LAST_EVENT)})", "since last event"),
-        ], unit=SECONDS, w=8, thresholds=steps(("green", None), ("red", 30)),
+        ], unit=SECONDS, w=6, thresholds=steps(("green", None), ("red", 30)),
             description="Receive time minus the sender's timestamp (includes clock offset "
                         "between hosts), and time since any event arrived."),
         timeseries("Exporter problems", [
@@ -142,10 +143,16 @@ def build(opts: Options) -> g.Dashboard:
             (f"sum by (reason) ({q.rate(q.m(m.TASKS_EVICTED))})", "evicted: {{reason}}"),
             (f"sum({q.rate(q.m(m.BROKER_RECONNECTS))})", "broker reconnects"),
             (f"sum by (probe) ({q.rate(q.m(m.PROBE_ERRORS))})", "probe errors: {{probe}}"),
-        ], unit=PER_SECOND, w=8,
+            (f"sum by (metric) ({q.rate(q.m(m.WAITS_CLAMPED))})", "clamped: {{metric}}"),
+        ], unit=PER_SECOND, w=6,
             description="Anything here means some numbers are incomplete: invalid events "
                         "dropped, series over the cap, tasks evicted before finishing, "
-                        "reconnects, failing probes. Empty is good."),
+                        "reconnects, failing probes; clamped waits mean clock skew between "
+                        "hosts. Empty is good."),
+        timeseries("In-flight tasks tracked", [(f"sum({q.m(m.TASKS_TRACKED)})", "tracked")],
+                   unit=COUNT, w=6,
+                   description="Tasks the exporter holds between their first and final "
+                               "event. Near --max-tasks means evictions are coming."),
     ]
 
     return dashboard(

@@ -35,13 +35,14 @@ def build(opts: Options) -> g.Dashboard:
     f = ('queue=~"$queue"', 'name=~"$task"')
 
     def by_task(metric: m.Metric, by: str = "name") -> str:
-        return f"sum by ({by}) ({q.rate(q.m(metric, *f))})"
+        return q.sum_rate(metric, *f, by=by)
 
     finished = f"sum by (name) ({q.rate(q.any_of(FINISHED, *f))})"
+    failed = f"sum by (name) ({q.rate(q.m(m.TASK_FAILED, *f))})"
 
     throughput = [
         timeseries("Task states (selected tasks)",
-                   [(f"sum({q.rate(q.m(metric, *f))})", state) for state, metric in _STATES],
+                   [(q.sum_rate(metric, *f), state) for state, metric in _STATES],
                    unit=TASKS_PER_SECOND,
                    description="Events per second by state for the selected tasks."),
         timeseries("Finished by task", [(finished, "{{name}}")], unit=TASKS_PER_SECOND,
@@ -53,7 +54,7 @@ def build(opts: Options) -> g.Dashboard:
         timeseries(
             "Failure ratio by task",
             # `or 0 * finished` gives tasks without any failure a 0 line instead of none.
-            [(f"({by_task(m.TASK_FAILED)} or 0 * {finished}) / {finished}", "{{name}}")],
+            [(f"({failed} or 0 * {finished}) / {finished}", "{{name}}")],
             unit=RATIO, min_value=0, max_value=1, w=8,
             description="Failed / (succeeded + failed) executions per task."),
         timeseries("Failures by exception",

@@ -34,7 +34,7 @@ def build(opts: Options) -> g.Dashboard:
         return q.m(metric, w)
 
     def per_worker(metric: m.Metric) -> str:
-        return f"sum by (worker) ({q.rate(q.m(metric, w))})"
+        return q.sum_rate(metric, w, by="worker")
 
     summary = [
         stat("Workers up", [(f"sum({gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
@@ -51,11 +51,14 @@ def build(opts: Options) -> g.Dashboard:
              description="Received, not started, not ETA: the prefetch backlog."),
         stat("Scheduled (ETA) tasks", [(f"sum({gauge(m.WORKER_TASKS_SCHEDULED)})", "")],
              unit=COUNT, w=4, description="ETA/countdown tasks held by workers."),
-        stat("Workers without task events",
-             [(f"sum({gauge(m.WORKER_TASK_EVENTS_MISSING)})", "")], unit=COUNT, w=4,
+        stat("Task events missing",
+             [(f"sum({gauge(m.WORKER_TASK_EVENTS_MISSING)})", "workers"),
+              (f"max({q.m(m.WORKERS_TASK_EVENTS_MISSING)})", "exporter-wide")],
+             unit=COUNT, w=4,
              thresholds=steps(("green", None), ("red", 1)),
-             description="Workers processing tasks without sending task events: start them "
-                         "with -E or set worker_send_task_events."),
+             description="Workers processing tasks without sending task events, and 1 when "
+                         "no task events arrive at all: start workers with -E or set "
+                         "worker_send_task_events."),
     ]
 
     liveness = [

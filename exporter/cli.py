@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _generator(command: str, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"celery-events-exporter {command}")
+    parser = argparse.ArgumentParser(prog="celery-events-exporter")
     sub = parser.add_subparsers(dest="command", required=True)
     if command == "dashboards":
         from dashboards import cli as gen

@@ -1,0 +1,9 @@
+"""Prometheus recording and alerting rules for celery-events-exporter.
+
+`python -m alerts --out alerts` regenerates the checked-in `alerts/celery-rules.yml`.
+"""
+
+from .config import RulesConfig
+from .rules import build, render
+
+__all__ = ["RulesConfig", "build", "render"]
