@@ -88,9 +88,10 @@ def listen(config: Config, seconds: float) -> Report:
                     if worker.last_processed is not None:
                         first_processed.setdefault(hostname, worker.last_processed)
     finally:
+        # Read before stop(): stopping the consumer always leaves the pipeline disconnected.
+        connected = pipeline.connected
         consumer.stop()
-    if not pipeline.connected and pipeline.disconnected_since is not None \
-            and not state.event_types:
+    if not connected and not state.event_types:
         report.problem("could not connect to the broker, or lost the connection at once. "
                        "Check the URL, credentials, and that this host can reach the broker.")
         return report
@@ -98,9 +99,10 @@ def listen(config: Config, seconds: float) -> Report:
     _workers(report, state, first_processed)
     _events(report, state)
     _queues(report, config, state)
-    if state.invalid:
+    dropped = {k: v for k, v in state.invalid.items() if v}  # every reason starts at 0
+    if dropped:
         report.say("Dropped invalid messages: "
-                   + ", ".join(f"{k}={v}" for k, v in sorted(state.invalid.items())))
+                   + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
     report.say("Everything looks right." if report.ok else
                f"{report.problems} problem(s) found; see above.")
     return report

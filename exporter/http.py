@@ -12,9 +12,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from exporter import __version__
+from exporter.collector import generate_text
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept"))
+        if encoder is generate_latest:  # the classic text format: same bytes, rendered fast
+            encoder = generate_text
         started = time.perf_counter()
         try:
             output = encoder(self.server.registry)

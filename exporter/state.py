@@ -28,6 +28,10 @@ _NONE, _PREFETCHED, _SCHEDULED = 0, 1, 2
 
 OFFSET_WINDOW_SECONDS = 300.0
 _MAX_EVENT_TYPES = 64
+# Task ids, node names and task names longer than this are hostile (a uuid is 36 chars, a
+# node name `prefix@fqdn` fits in 320): never kept whole, so they cannot pin memory.
+_MAX_KEY = 320
+_MAX_OFFSET_HOSTS = 10_000
 _FINISHED_CAP = 10_000
 EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
 
@@ -170,6 +174,7 @@ class State:
         self._offsets_prev: dict[str, float] = {}
         self._offsets_rolled = 0.0
         self._hosts: dict[str, str] = {}
+        self.workers_dropped = 0
 
         c = self.counters
         self._sent, self._received = c[m.TASK_SENT.key], c[m.TASK_RECEIVED.key]
@@ -209,13 +214,16 @@ class State:
                 self.invalid_event("not_an_object")
                 continue
             kind = event.get("type")
-            n = types.get(kind)  # type: ignore[arg-type]
+            try:
+                n = types.get(kind)  # type: ignore[arg-type]
+            except TypeError:  # a list or object as the type: unhashable, hostile
+                n = None
             if n is None:
                 if type(kind) is not str:
                     self.invalid_event("missing_type")
                     continue
                 n = 0
-                if len(types) >= _MAX_EVENT_TYPES:
+                if len(types) >= _MAX_EVENT_TYPES or len(kind) > 64:
                     kind = "other"
                     n = types.get(kind, 0)
             types[kind] = n + 1  # type: ignore[index]
@@ -270,6 +278,8 @@ class State:
         if task is None:
             if type(uuid) is not str:
                 raise TypeError("uuid")
+            if len(uuid) > _MAX_KEY:
+                raise ValueError("uuid too long")
             task = tasks[uuid] = Task()
             if len(tasks) > self.config.max_tasks:
                 self._release(tasks.popitem(last=False)[1])
@@ -282,7 +292,7 @@ class State:
     def _finish(self, uuid: str, task: Task, remember: bool) -> None:
         self.tasks.pop(uuid, None)
         self._release(task)
-        if remember:
+        if remember and (type(uuid) is not str or len(uuid) <= _MAX_KEY):
             finished = self.finished
             finished[uuid] = (task.name, task.queue)
             if len(finished) > _FINISHED_CAP:
@@ -315,14 +325,21 @@ class State:
         if host is None:
             if len(self._hosts) >= 50_000:
                 self._hosts.clear()
-            host = self._hosts[hostname] = hostname.partition("@")[2] or hostname
+            host = hostname.partition("@")[2] or hostname
+            if len(hostname) > _MAX_KEY:
+                return host[:_MAX_KEY]  # hostile length: neither cached nor kept whole
+            self._hosts[hostname] = host
         return host
 
     def _observe_offset(self, hostname: str, ts: float, now: float) -> float:
         host = self._host(hostname)
         delta = now - ts
         cur = self._offsets.get(host)
-        if cur is None or delta < cur:
+        if cur is None:
+            cur = delta
+            if len(self._offsets) < _MAX_OFFSET_HOSTS:
+                self._offsets[host] = delta
+        elif delta < cur:
             self._offsets[host] = cur = delta
         prev = self._offsets_prev.get(host)
         return cur if prev is None or cur < prev else prev
@@ -332,6 +349,12 @@ class State:
         if worker is None:
             if type(hostname) is not str:
                 raise TypeError("hostname")
+            if len(hostname) > _MAX_KEY:
+                raise ValueError("hostname too long")
+            if len(self.workers) >= self.config.max_series:
+                # Runaway or hostile node names: count the event, do not track the node.
+                self.workers_dropped += 1
+                return Worker(hostname, self.labels.worker(hostname))
             worker = self.workers[hostname] = Worker(hostname, self.labels.worker(hostname))
         elif not worker.up:
             # Any event proves the node is back; its buffers were dropped when it went down.
@@ -351,7 +374,7 @@ class State:
         if name is None:
             raw = event.get("name")
             if type(raw) is str:
-                task.name = name = raw
+                task.name = name = raw if len(raw) <= _MAX_KEY else raw[:_MAX_KEY]
         label = self.labels.task(name) if name is not None else UNKNOWN
         if label is None:
             return None
@@ -368,11 +391,18 @@ class State:
     # -- task events ---------------------------------------------------------------------
 
     def _on_sent(self, e: dict, ts: float, now: float) -> None:
-        task = self._task(e["uuid"], now)
+        uuid = e["uuid"]
+        if uuid in self.finished and uuid not in self.tasks:
+            # Producers publish task-sent after the task message, so a busy producer's
+            # event can arrive after the worker's whole lifecycle: count it, but do not
+            # put the finished task back in the in-flight table until the TTL.
+            self._late_sent(e)
+            return
+        task = self._task(uuid, now)
         self._new_attempt(task, e.get("retries"))
         name = e.get("name")
         if type(name) is str:
-            task.name = name
+            task.name = name if len(name) <= _MAX_KEY else name[:_MAX_KEY]
         queue = e.get("queue") or e.get("routing_key")
         if type(queue) is str:
             task.queue = queue = self.labels.queue(queue)
@@ -382,6 +412,16 @@ class State:
         eta = parse_eta(e.get("eta")) if e.get("eta") else None
         start = ts if eta is None or eta < ts else eta
         task.sent = start + offset
+        names = self._names(task, e, None)
+        if names is not None:
+            self._sent.inc(names)
+
+    def _late_sent(self, e: dict) -> None:
+        task = Task()
+        task.name, task.queue = self.finished[e["uuid"]]
+        queue = e.get("queue") or e.get("routing_key")
+        if type(queue) is str:
+            task.queue = self.labels.queue(queue)
         names = self._names(task, e, None)
         if names is not None:
             self._sent.inc(names)
@@ -436,7 +476,7 @@ class State:
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         names = self._names(task, e, worker)
-        self._finish(uuid, task, False)
+        self._finish(uuid, task, True)
         if names is None:
             return
         self._succeeded.inc((*names, worker.label))
@@ -461,7 +501,10 @@ class State:
             self._runtime.observe(names, ts - task.started)
 
     def _on_retried(self, e: dict, ts: float, now: float) -> None:
-        task = self._task(e["uuid"], now)
+        uuid = e["uuid"]
+        # With a zero countdown the next attempt can finish before this event is sent: then
+        # count it under the remembered name rather than resurrect the finished task.
+        task = self._task(uuid, now) if uuid in self.tasks else self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         self._release(task)
@@ -481,7 +524,7 @@ class State:
             self._release(task)
             task.received = task.started = None
         else:
-            self._finish(uuid, task, False)
+            self._finish(uuid, task, True)
         if names is not None:
             self._rejected.inc((*names, worker.label))
 
@@ -575,8 +618,10 @@ class State:
 
     @property
     def series_dropped(self) -> dict[str, int]:
-        return {series.metric.key: series.dropped
-                for series in (*self.counters.values(), *self.histograms.values())}
+        out = {series.metric.key: series.dropped
+               for series in (*self.counters.values(), *self.histograms.values())}
+        out[m.WORKER_UP.key] = self.workers_dropped
+        return out
 
     @property
     def task_events_missing(self) -> bool:

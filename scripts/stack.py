@@ -160,7 +160,8 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": "proj.settings",
             "CELERY_BROKER_URL": self.broker_url,
             "DJANGO_SQLITE_PATH": str(self.options.workdir / "demo.sqlite3"),
-            "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+            # Long demo runs would keep every email in worker memory with locmem.
+            "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.dummy.EmailBackend",
             "PYTHONPATH": str(PROJ),
         }
 

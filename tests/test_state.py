@@ -257,6 +257,22 @@ def test_retry_resets_the_attempt_whatever_order_the_events_come_in() -> None:
     assert not s.tasks
 
 
+def test_late_task_retried_after_the_next_attempt_succeeded() -> None:
+    """Zero countdown: the next attempt can succeed before the retried event is sent."""
+    s = State()
+    feed(s, [
+        ev("task-sent", T0, uuid="a", name="app.flaky", queue="default", retries=0, eta=None),
+        ev("task-started", T0 + 0.1, uuid="a"),
+        ev("task-sent", T0 + 0.2, uuid="a", name="app.flaky", queue="default", retries=1,
+           eta=None, hostname="gen7@w1"),
+        ev("task-started", T0 + 0.3, uuid="a", hostname=W2),
+        ev("task-succeeded", T0 + 0.4, uuid="a", runtime=0.1, hostname=W2),
+        ev("task-retried", T0 + 0.5, uuid="a", exception="IOError()"),
+    ])
+    assert counter(s, m.TASK_RETRIED, "app.flaky", "default", W1) == 1
+    assert not s.tasks, "the finished task is not brought back"
+
+
 # -- clocks -------------------------------------------------------------------------------------
 
 

@@ -37,8 +37,9 @@ def setup_signing(app: Celery, certs_dir: Path) -> None:
         raise ImproperlyConfigured(
             f"DEMO_SIGNING=1 but {', '.join(map(str, missing))} not found; create them with "
             "`DEMO_SIGNING=0 python manage.py democerts`")
-    # json stays enabled for results and events; setup_security disables pickle & co.
-    app.setup_security(allowed_serializers=["auth", "json"])
+    # Disables pickle, yaml and msgpack process-wide and keeps json for results and
+    # events; 'auth' is registered by setup_security itself.
+    app.setup_security(allowed_serializers=["json"])
 
 
 def generate_demo_certs(directory: Path, common_name: str = "celery-demo-worker",

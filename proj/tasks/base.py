@@ -20,6 +20,11 @@ class ObservedTask(DjangoTask):
     """
 
     abstract = True
+    #: Floor for retry countdowns. Full jitter (retry_jitter=True) draws from 0..backoff,
+    #: and a 0 s countdown lets the next attempt finish before this attempt has stored its
+    #: RETRY state: the result row then ends as RETRY although the task succeeded (seen
+    #: with django-db on RabbitMQ). Half a second keeps the states in order.
+    min_retry_countdown: float = 0.5
 
     def _context(self, exc: BaseException, task_id: str) -> dict[str, Any]:
         request = self.request
@@ -37,6 +42,13 @@ class ObservedTask(DjangoTask):
     @staticmethod
     def _render(event: str, ctx: dict[str, Any]) -> str:
         return event + " " + " ".join(f"{k}={v}" for k, v in ctx.items())
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
+              throw: bool = True, eta: Any = None, countdown: float | None = None,
+              max_retries: int | None = None, **options: Any) -> Any:
+        if eta is None and countdown is not None:
+            countdown = max(countdown, self.min_retry_countdown)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
                    einfo: ExceptionInfo) -> None:

@@ -100,7 +100,8 @@ class LoadGenerator:
 
     def run(self) -> Summary:
         opts = self.opts
-        limit = opts.max_tasks if opts.max_tasks is not None else int(opts.rate * opts.duration)
+        # Without --max-tasks the schedule itself ends at rate x duration tasks.
+        limit = opts.max_tasks if opts.max_tasks is not None else float("inf")
         start = self.clock()
         deadline = start + opts.duration
         try:

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu.exceptions import OperationalError
-
 from proj.celery import app
+
 from tasks.loadgen import MIXES, LoadGenerator, LoadOptions
 
 
