@@ -34,7 +34,7 @@ def query_range(prometheus: str, expr: str, start: float, end: float, step: floa
 
 
 def _legend(fmt: str | None, metric: Mapping[str, str]) -> str:
-    if not fmt:
+    if not fmt or not _LEGEND.search(fmt):
         inner = ", ".join(f"{k}={v}" for k, v in sorted(metric.items()) if k != "__name__")
         return inner or "value"
     return _LEGEND.sub(lambda m: metric.get(m.group(1), ""), fmt)
@@ -99,6 +99,14 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
             text = " / ".join(_format(v, unit) for v in last[:3]) if last else "No data"
             ax.text(0.5, 0.45, text, color=PALETTE[0] if last else TEXT, fontsize=18,
                     ha="center", va="center", transform=ax.transAxes, weight="bold")
+            continue
+        if panel.get("type") == "table":
+            ax.set_xticks([])
+            ax.set_yticks([])
+            rows = [label for label, pts in series if pts][:12]
+            for i, label in enumerate(rows or ["No data"]):
+                ax.text(0.02, 0.9 - i * 0.08, label, color=TEXT, fontsize=8,
+                        transform=ax.transAxes, va="top", family="monospace")
             continue
         if not any(pts for _, pts in series):
             ax.text(0.5, 0.5, "No data", color=TEXT, ha="center", va="center",

@@ -177,6 +177,17 @@ def test_load_fires_alerts_through_alertmanager_to_the_webhook(demo: Demo,
         assert quiet not in webhook.alertnames(), f"{quiet} fired on a healthy stack"
 
 
+def test_dashboards_render_from_real_data(demo: Demo, tmp_path: Path) -> None:
+    from dashboards.render import render
+
+    end = time.time()
+    for path in sorted((ROOT / "dashboards" / "json").glob("*.json")):
+        out = render(json.loads(path.read_text()), demo.urls["prometheus"],
+                     tmp_path / f"{path.stem}.png", end - 120, end, {"job": "celery"})
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert out.stat().st_size > 50_000, "a dashboard with data draws more than a blank page"
+
+
 def test_terminal_summary_and_clean_stop(demo: Demo) -> None:
     wait_for("a summary line", lambda: any("workers up 2" in line for line in demo.output), demo)
     ports = [int(u.rsplit(":", 1)[1]) for u in demo.urls.values()]
