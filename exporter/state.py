@@ -34,6 +34,10 @@ _MAX_KEY = 320
 _MAX_OFFSET_HOSTS = 10_000
 _FINISHED_CAP = 10_000
 EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
+# How long worker-side observations wait for a late task-sent, and how long after the last
+# task-sent we keep expecting them (producers without task_send_sent_event send none).
+PENDING_GRACE = 5.0
+SENT_MEMORY = 300.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,8 @@ class StateConfig:
 
 
 class Task:
-    __slots__ = ("buf", "eta", "name", "queue", "received", "retries", "sent", "started",
-                 "touched", "wgen", "worker")
+    __slots__ = ("buf", "eta", "name", "pending", "queue", "received", "retries", "sent",
+                 "started", "started_at", "touched", "wgen", "worker")
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -66,6 +70,10 @@ class Task:
         self.wgen = 0
         self.buf = _NONE
         self.touched = 0.0
+        # Observations held until task-sent names the queue, and the start time (exporter
+        # clock) kept for a task-sent that arrives after task-started.
+        self.pending: list | None = None
+        self.started_at: float | None = None
 
 
 class Worker:
@@ -175,6 +183,9 @@ class State:
         self._offsets_rolled = 0.0
         self._hosts: dict[str, str] = {}
         self.workers_dropped = 0
+        self._pending: OrderedDict[str, tuple[Task, float]] = OrderedDict()
+        # Until a tick says otherwise, assume producers send task-sent (the usual setup).
+        self._sent_seen = math.inf
 
         c = self.counters
         self._sent, self._received = c[m.TASK_SENT.key], c[m.TASK_RECEIVED.key]
@@ -266,6 +277,14 @@ class State:
             tasks.popitem(last=False)
             self._release(task)
             self.evicted["ttl"] += 1
+        if self._sent_seen == math.inf:
+            self._sent_seen = now
+        pending = self._pending
+        while pending:
+            uuid = next(iter(pending))
+            if pending[uuid][1] > now:
+                break
+            self._resolve(uuid)
         if now - self._offsets_rolled >= OFFSET_WINDOW_SECONDS:
             self._offsets_prev, self._offsets = self._offsets, {}
             self._offsets_rolled = now
@@ -303,6 +322,9 @@ class State:
         task = self.tasks.get(uuid)  # type: ignore[arg-type]
         if task is not None:
             return task
+        held = self._pending.get(uuid)  # type: ignore[arg-type]
+        if held is not None:
+            return held[0]
         task = Task()
         remembered = self.finished.get(uuid)  # type: ignore[arg-type]
         if remembered is not None:
@@ -369,36 +391,99 @@ class State:
             return next(iter(worker.queues))
         return UNKNOWN
 
-    def _names(self, task: Task, event: dict, worker: Worker | None) -> tuple[str, str] | None:
-        name = task.name
-        if name is None:
+    def _capture_name(self, task: Task, event: dict) -> None:
+        if task.name is None:
             raw = event.get("name")
             if type(raw) is str:
-                task.name = name = raw if len(raw) <= _MAX_KEY else raw[:_MAX_KEY]
+                task.name = raw if len(raw) <= _MAX_KEY else raw[:_MAX_KEY]
+
+    def _names(self, task: Task, event: dict, worker: Worker | None) -> tuple[str, str] | None:
+        self._capture_name(task, event)
+        name = task.name
         label = self.labels.task(name) if name is not None else UNKNOWN
         if label is None:
             return None
         return label, self._queue_of(task, worker)
 
+    def _emit(self, uuid: str, task: Task, e: dict, worker: Worker, series: Series,
+              tail: tuple[str, ...], value: float | None, now: float) -> None:
+        """Count (value None) or observe under the task's labels, or hold the observation
+        until the task's own task-sent names its queue.
+
+        A producer publishes task-sent after the message itself, so under load a worker's
+        events often arrive first; labelling them at once would say `queue="unknown"` for
+        tasks whose queue is about to be known. Held observations are replayed when
+        task-sent arrives, or after PENDING_GRACE with the best label there is then.
+        """
+        if task.queue is None and len(worker.queues) != 1 and \
+                not now - self._sent_seen >= SENT_MEMORY:
+            self._capture_name(task, e)
+            if task.pending is None:
+                task.pending = []
+                pending = self._pending
+                pending[uuid] = (task, now + PENDING_GRACE)
+                if len(pending) > self.config.max_tasks:
+                    self._resolve(next(iter(pending)))
+            task.pending.append((series, tail, value))
+            return
+        names = self._names(task, e, worker)
+        if names is None:
+            return
+        if value is None:
+            series.inc((*names, *tail))
+        else:
+            series.observe(names, value)
+
+    def _resolve(self, uuid: str) -> None:
+        held = self._pending.pop(uuid, None)
+        if held is None:
+            return
+        task = held[0]
+        ops, task.pending = task.pending or [], None
+        name = self.labels.task(task.name) if task.name is not None else UNKNOWN
+        if name is None:
+            return
+        names = (name, self._queue_of(task, task.worker))
+        for series, tail, value in ops:
+            if value is None:
+                series.inc((*names, *tail))
+            else:
+                series.observe(names, value)
+
+    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float) -> None:
+        if names is None:
+            return
+        wait = started - sent
+        if wait < 0:
+            self.clamped[m.QUEUE_WAIT.key] += 1
+            wait = 0.0
+        self._qwait.observe(names, wait)
+
     def _new_attempt(self, task: Task, retries: object) -> None:
         if type(retries) is int and retries > task.retries:
             task.retries = retries
             self._release(task)
-            task.received = task.started = None
+            task.received = task.started = task.started_at = None
             task.sent = None
             task.eta = False
 
     # -- task events ---------------------------------------------------------------------
 
     def _on_sent(self, e: dict, ts: float, now: float) -> None:
+        self._sent_seen = now
         uuid = e["uuid"]
-        if uuid in self.finished and uuid not in self.tasks:
+        held = self._pending.get(uuid)
+        if uuid in self.tasks or (held is None and uuid not in self.finished):
+            task = self._task(uuid, now)
+        elif held is not None:
+            # Finished before its task-sent arrived: label it, but do not track it again.
+            task = held[0]
+        else:
             # Producers publish task-sent after the task message, so a busy producer's
             # event can arrive after the worker's whole lifecycle: count it, but do not
             # put the finished task back in the in-flight table until the TTL.
             self._late_sent(e)
             return
-        task = self._task(uuid, now)
         self._new_attempt(task, e.get("retries"))
         name = e.get("name")
         if type(name) is str:
@@ -415,6 +500,12 @@ class State:
         names = self._names(task, e, None)
         if names is not None:
             self._sent.inc(names)
+        if task.started_at is not None:
+            # The worker started it before this event arrived: the wait is known now.
+            self._observe_wait(names, task.started_at, task.sent)
+            task.started_at = None
+        if held is not None:
+            self._resolve(uuid)
 
     def _late_sent(self, e: dict) -> None:
         task = Task()
@@ -427,7 +518,8 @@ class State:
             self._sent.inc(names)
 
     def _on_received(self, e: dict, ts: float, now: float) -> None:
-        task = self._task(e["uuid"], now)
+        uuid = e["uuid"]
+        task = self._task(uuid, now)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         self._new_attempt(task, e.get("retries"))
@@ -442,63 +534,56 @@ class State:
         else:
             task.buf = _PREFETCHED
             worker.prefetched += 1
-        names = self._names(task, e, worker)
-        if names is not None:
-            self._received.inc((*names, worker.label))
+        self._emit(uuid, task, e, worker, self._received, (worker.label,), None, now)
 
     def _on_started(self, e: dict, ts: float, now: float) -> None:
-        task = self._task(e["uuid"], now)
+        uuid = e["uuid"]
+        task = self._task(uuid, now)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         self._release(task)
         task.started = ts
         task.worker = worker
-        names = self._names(task, e, worker)
-        if names is None:
-            return
-        self._started.inc((*names, worker.label))
+        self._emit(uuid, task, e, worker, self._started, (worker.label,), None, now)
+        started = ts + self._observe_offset(worker.hostname, ts, now)
         if task.sent is not None:
-            wait = ts + self._observe_offset(worker.hostname, ts, now) - task.sent
+            wait = started - task.sent
             if wait < 0:
                 self.clamped[m.QUEUE_WAIT.key] += 1
                 wait = 0.0
-            self._qwait.observe(names, wait)
+            self._emit(uuid, task, e, worker, self._qwait, (), wait, now)
+        else:
+            task.started_at = started
         if task.received is not None and not task.eta:
             wait = ts - task.received
             if wait < 0:
                 self.clamped[m.PREFETCH_WAIT.key] += 1
                 wait = 0.0
-            self._pwait.observe(names, wait)
+            self._emit(uuid, task, e, worker, self._pwait, (), wait, now)
 
     def _on_succeeded(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
         task = self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        names = self._names(task, e, worker)
         self._finish(uuid, task, True)
-        if names is None:
-            return
-        self._succeeded.inc((*names, worker.label))
+        self._emit(uuid, task, e, worker, self._succeeded, (worker.label,), None, now)
         runtime = e.get("runtime")
         if runtime is None and task.started is not None:
             runtime = ts - task.started
         if runtime is not None and runtime >= 0 and not math.isinf(runtime):
-            self._runtime.observe(names, float(runtime))
+            self._emit(uuid, task, e, worker, self._runtime, (), float(runtime), now)
 
     def _on_failed(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
         task = self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        names = self._names(task, e, worker)
         self._finish(uuid, task, True)
-        if names is None:
-            return
         exc = self.labels.cap(exception_class(e.get("exception")))
-        self._failed.inc((*names, worker.label, exc))
+        self._emit(uuid, task, e, worker, self._failed, (worker.label, exc), None, now)
         if task.started is not None and ts >= task.started:
-            self._runtime.observe(names, ts - task.started)
+            self._emit(uuid, task, e, worker, self._runtime, (), ts - task.started, now)
 
     def _on_retried(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
@@ -510,40 +595,33 @@ class State:
         self._release(task)
         # The next attempt's task-sent may already have arrived and reset the attempt.
         task.started = None
-        names = self._names(task, e, worker)
-        if names is not None:
-            self._retried.inc((*names, worker.label))
+        self._emit(uuid, task, e, worker, self._retried, (worker.label,), None, now)
 
     def _on_rejected(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
         task = self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        names = self._names(task, e, worker)
         if e.get("requeue") and uuid in self.tasks:
             self._release(task)
             task.received = task.started = None
         else:
             self._finish(uuid, task, True)
-        if names is not None:
-            self._rejected.inc((*names, worker.label))
+        self._emit(uuid, task, e, worker, self._rejected, (worker.label,), None, now)
 
     def _on_revoked(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
         task = self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        names = self._names(task, e, worker)
         self._finish(uuid, task, True)
-        if names is None:
-            return
         if e.get("expired"):
             reason = "expired"
         elif e.get("terminated"):
             reason = "terminated"
         else:
             reason = "revoked"
-        self._revoked.inc((*names, worker.label, reason))
+        self._emit(uuid, task, e, worker, self._revoked, (worker.label, reason), None, now)
 
     def _on_cancelled(self, e: dict, ts: float, now: float) -> None:
         task = self.tasks.get(e["uuid"])

@@ -38,6 +38,11 @@ def feed(state: State, events: list[dict], lag: float = 0.0) -> None:
         state.ingest([event], event["timestamp"] + lag)
 
 
+def settle(state: State) -> None:
+    """Let the grace for a late task-sent pass, so held observations are recorded."""
+    state.tick(T0 + 3600)
+
+
 def counter(state: State, metric: m.Metric, *key: str) -> float:
     cell = state.counters[metric.key].data.get(key)
     return cell[0] if cell else 0.0
@@ -140,6 +145,7 @@ def test_events_for_tasks_seen_mid_flight_still_count() -> None:
     s = State()
     feed(s, [ev("task-started", T0, uuid="x"), ev("task-succeeded", T0 + 1, uuid="x", runtime=1.0),
              ev("task-failed", T0 + 1, uuid="y", exception="KeyError('k')")])
+    settle(s)
     assert counter(s, m.TASK_STARTED, "unknown", "unknown", W1) == 1
     assert counter(s, m.TASK_SUCCEEDED, "unknown", "unknown", W1) == 1
     assert counter(s, m.TASK_FAILED, "unknown", "unknown", W1, "KeyError") == 1
@@ -160,6 +166,7 @@ def test_name_and_queue_come_from_the_first_event_that_carries_them() -> None:
     feed(s, [ev("task-received", T0, uuid="a", name="app.x", retries=0, eta=None),
              ev("task-started", T0 + 1, uuid="a"),
              ev("task-succeeded", T0 + 2, uuid="a", runtime=1.0)])
+    settle(s)
     assert counter(s, m.TASK_SUCCEEDED, "app.x", "unknown", W1) == 1
 
 
@@ -171,6 +178,7 @@ def test_queue_label_falls_back_to_the_workers_only_queue() -> None:
     assert counter(s, m.TASK_RECEIVED, "app.x", "emails", W1) == 1
     apply_worker_probe(s, W1, 4, 4, frozenset({"emails", "default"}))
     feed(s, [ev("task-received", T0, uuid="b", name="app.x", retries=0, eta=None)])
+    settle(s)
     assert counter(s, m.TASK_RECEIVED, "app.x", "unknown", W1) == 1, "ambiguous: unknown"
 
 
@@ -195,6 +203,66 @@ def test_started_without_received_leaves_prefetch_wait_alone() -> None:
     feed(s, [sent, started, done])
     assert hist(s, m.PREFETCH_WAIT, "app.add", "default") == (0, 0.0)
     assert hist(s, m.QUEUE_WAIT, "app.add", "default")[0] == 1
+
+
+def _producer_active(s: State) -> None:
+    """A task-sent for another task: the producers are known to send task-sent."""
+    s.ingest([ev("task-sent", T0 - 1, uuid="other", name="n", queue="q", retries=0, eta=None)],
+             T0 - 1)
+
+
+def test_worker_events_before_task_sent_wait_for_its_queue() -> None:
+    s = State()
+    _producer_active(s)
+    sent, received, started, done = lifecycle("a", T0, queue="reports")
+    feed(s, [received, started])
+    assert counter(s, m.TASK_RECEIVED, "app.add", "unknown", W1) == 0, "held, not mislabelled"
+    feed(s, [sent])
+    key = ("app.add", "reports", W1)
+    assert counter(s, m.TASK_RECEIVED, *key) == 1
+    assert counter(s, m.TASK_STARTED, *key) == 1
+    assert hist(s, m.QUEUE_WAIT, "app.add", "reports")[0] == 1, "queue wait from the late sent"
+    assert hist(s, m.PREFETCH_WAIT, "app.add", "reports")[0] == 1
+    feed(s, [done])
+    assert counter(s, m.TASK_SUCCEEDED, *key) == 1
+    assert "a" not in s.tasks
+
+
+def test_task_finished_before_its_task_sent_is_labelled_and_not_tracked_again() -> None:
+    s = State()
+    _producer_active(s)
+    sent, received, started, done = lifecycle("a", T0, queue="reports")
+    feed(s, [received, started, done, sent])
+    key = ("app.add", "reports", W1)
+    for metric in (m.TASK_RECEIVED, m.TASK_STARTED, m.TASK_SUCCEEDED):
+        assert counter(s, metric, *key) == 1, metric.key
+    assert counter(s, m.TASK_SENT, "app.add", "reports") == 1
+    assert hist(s, m.QUEUE_WAIT, "app.add", "reports")[0] == 1
+    assert hist(s, m.RUNTIME, "app.add", "reports")[0] == 1
+    assert "a" not in s.tasks
+
+
+def test_held_observations_fall_back_to_unknown_after_the_grace() -> None:
+    s = State()
+    _producer_active(s)
+    _, received, started, done = lifecycle("a", T0)
+    feed(s, [received, started, done])
+    s.tick(T0 + 1.5)
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "unknown", W1) == 0
+    s.tick(T0 + 10)
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "unknown", W1) == 1
+    assert counter(s, m.TASK_RECEIVED, "app.add", "unknown", W1) == 1
+
+
+def test_without_task_sent_events_nothing_is_held_for_long() -> None:
+    s = State()
+    s.tick(T0)
+    feed(s, lifecycle("a", T0)[1:])
+    s.tick(T0 + 6)
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "unknown", W1) == 1
+    # Five minutes without any task-sent: producers do not send it, nothing is held.
+    feed(s, lifecycle("b", T0 + 301)[1:])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "unknown", W1) == 2
 
 
 # -- ETA, retries ------------------------------------------------------------------------------
@@ -304,6 +372,7 @@ def test_prefetch_wait_uses_the_worker_clock_only() -> None:
     s = State()
     feed(s, [ev("task-received", T0 - 7200, uuid="a", name="n", retries=0, eta=None),
              ev("task-started", T0 - 7199, uuid="a")], lag=7200.0)
+    settle(s)
     assert hist(s, m.PREFETCH_WAIT, "n", "unknown") == (1, 1.0)
 
 
@@ -311,6 +380,7 @@ def test_negative_prefetch_wait_is_clamped_and_counted() -> None:
     s = State()
     feed(s, [ev("task-received", T0, uuid="a", name="n", retries=0, eta=None),
              ev("task-started", T0 - 1, uuid="a")])
+    settle(s)
     assert hist(s, m.PREFETCH_WAIT, "n", "unknown") == (1, 0.0)
     assert s.clamped[m.PREFETCH_WAIT.key] == 1
 

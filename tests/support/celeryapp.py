@@ -55,3 +55,36 @@ def flaky(self, succeed_on: int = 2) -> int:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+# Integration-test switches (tests/integration): task events off for the "events disabled"
+# scenario, and extra kombu transport options (JSON object, e.g. global_keyprefix) merged
+# over the defaults above.
+if os.environ.get("CEE_TASK_EVENTS", "1") == "0":
+    app.conf.worker_send_task_events = False
+if os.environ.get("CEE_TRANSPORT_OPTIONS"):
+    import json as _json
+
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        **_json.loads(os.environ["CEE_TRANSPORT_OPTIONS"]),
+    }
+
+
+# Reliability soak (tests/reliability): CEE_DROP_TERMINAL_PCT=1 makes this worker drop 1% of
+# its terminal task events (task-succeeded, task-failed) on purpose, like a lossy event path.
+_DROP_TERMINAL = float(os.environ.get("CEE_DROP_TERMINAL_PCT") or 0) / 100
+if _DROP_TERMINAL:
+    import random as _random
+
+    from celery.events.dispatcher import EventDispatcher as _Dispatcher
+
+    _rng = _random.Random(os.getpid())
+    _send = _Dispatcher.send
+
+    def _lossy_send(self, type, *args, **kwargs):
+        if type in ("task-succeeded", "task-failed") and _rng.random() < _DROP_TERMINAL:
+            return None
+        return _send(self, type, *args, **kwargs)
+
+    _Dispatcher.send = _lossy_send
