@@ -416,7 +416,8 @@ class State:
         task-sent arrives, or after PENDING_GRACE with the best label there is then.
         """
         if task.queue is None and len(worker.queues) != 1 and \
-                not now - self._sent_seen >= SENT_MEMORY:
+                not now - self._sent_seen >= SENT_MEMORY and \
+                (type(uuid) is not str or len(uuid) <= _MAX_KEY):  # hostile ids: not held
             self._capture_name(task, e)
             if task.pending is None:
                 task.pending = []

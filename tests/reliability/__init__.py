@@ -1,0 +1,1 @@
+"""Reliability and security: faults, hostile input, access control, soak (issue 7)."""

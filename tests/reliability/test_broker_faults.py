@@ -1,0 +1,224 @@
+"""Broker faults with real processes: the broker SIGKILLed mid-stream and restarted on the
+same port, and a broker that is not there when the exporter starts.
+
+Each test owns its broker (the session fixtures' brokers are shared and must not die), a
+real Celery worker and the exporter as a subprocess. The exporter must stay up, say it is
+disconnected, reconnect within seconds of the broker's return, keep its counters
+monotonic, and count the events published after the return. Reconnect times are printed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.support.procs import (
+    ExporterProc,
+    Producer,
+    Samples,
+    WorkerProc,
+    exporter,
+    monotonic_violations,
+    pick,
+    wait_until,
+)
+from tests.support.servers import RabbitServer, RedisServer, free_port
+
+# Backoff tops out at 30 s (exporter/ingest/base.py): a reconnect is waited for that long
+# plus margin. These are bounds for a hung test, not timing assertions; the measured
+# figure is printed.
+RECONNECT_BOUND = 45.0
+EXPORTER_FLAGS = ("--probe-interval", "2", "--inspect-interval", "5", "--probe-timeout", "2")
+
+
+class Recorder:
+    """Scrapes the exporter and keeps every scrape, to check counters never go down."""
+
+    def __init__(self, exp: ExporterProc) -> None:
+        self.exp = exp
+        self.history: list[Samples] = []
+
+    def scrape(self) -> Samples:
+        samples = self.exp.samples()
+        self.history.append(samples)
+        return samples
+
+    def value(self, name: str, **labels: str) -> float:
+        return pick(self.scrape(), name, **labels)
+
+    def wait(self, name: str, want: float, timeout: float, **labels: str) -> float:
+        started = time.monotonic()
+        wait_until(lambda: self.value(name, **labels) == want, timeout, 0.1,
+                   what=f"{name}{labels} == {want}")
+        return time.monotonic() - started
+
+
+def _heartbeat_after(rec: Recorder, worker: str, wall: float) -> bool:
+    return rec.value("celery_worker_last_heartbeat_timestamp_seconds", worker=worker) > wall
+
+
+def _run_tasks(rec: Recorder, url: str, n: int, expect_total: float) -> None:
+    producer = Producer(url)
+    try:
+        producer.send(n)
+    finally:
+        producer.close()
+    rec.wait("celery_task_succeeded_total", expect_total, 60)
+
+
+def _outage_checks(rec: Recorder, exp: ExporterProc, before: Samples) -> None:
+    """While the broker is gone: still serving, not ready, counters frozen, not decreased."""
+    assert exp.get("/healthz").status_code == 200
+    readyz = exp.get("/readyz")
+    assert readyz.status_code == 503 and "not connected" in readyz.text
+    for _ in range(5):
+        now = rec.scrape()
+        assert pick(now, "celery_exporter_broker_connected") == 0
+        assert (pick(now, "celery_task_succeeded_total")
+                == pick(before, "celery_task_succeeded_total"))
+        time.sleep(0.3)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_redis_killed_and_restarted_mid_stream() -> None:
+    server = RedisServer(free_port()).start()
+    worker = WorkerProc(server.url, "rel-redis@127.0.0.1")
+    try:
+        with exporter(server.url, *EXPORTER_FLAGS) as exp:
+            rec = Recorder(exp)
+            worker.start()
+            rec.wait("celery_worker_up", 1, 60, worker=worker.name)
+            _run_tasks(rec, server.url, 20, 20)
+            pid = exp.proc.pid  # type: ignore[union-attr]
+
+            server.kill()
+            before = rec.history[-1]
+            rec.wait("celery_exporter_broker_connected", 0, 30)
+            _outage_checks(rec, exp, before)
+
+            server.start()
+            back = time.monotonic()
+            back_wall = time.time()
+            reconnect = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+            assert exp.proc.pid == pid and exp.proc.poll() is None  # type: ignore[union-attr]
+            assert rec.value("celery_exporter_broker_reconnects_total") >= 1
+            # The worker reconnects on its own schedule; then new events must be counted.
+            wait_until(lambda: _heartbeat_after(rec, worker.name, back_wall), 60,
+                       what="a heartbeat after the restart")
+            assert rec.value("celery_worker_up", worker=worker.name) == 1
+            worker_back = time.monotonic() - back
+            _run_tasks(rec, server.url, 30, 50)
+            final = rec.scrape()
+            for event in ("sent", "received", "started", "succeeded"):
+                assert pick(final, f"celery_task_{event}_total") == 50, event
+            assert monotonic_violations(rec.history) == []
+            assert "broker connection back after" in exp.log()
+            print(f"\nredis SIGKILL + restart: exporter reconnected {reconnect:.1f}s after "
+                  f"the broker came back (worker heartbeats {worker_back:.1f}s); 50/50 tasks "
+                  f"counted, {len(rec.history)} scrapes monotonic")
+    finally:
+        worker.kill()
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.mark.redis
+def test_redis_unreachable_at_start_up() -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer(port)
+    try:
+        with exporter(url, *EXPORTER_FLAGS) as exp:
+            rec = Recorder(exp)
+            assert rec.value("celery_exporter_broker_connected") == 0
+            assert exp.get("/healthz").status_code == 200
+            assert exp.get("/readyz").status_code == 503
+            wait_until(lambda: "could not open broker connection" in exp.log(), 10,
+                       what="the connection failure to be logged")
+            time.sleep(2)  # a few failed attempts: the backoff has grown
+            server.start()
+            reconnect = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+            producer = Producer(url)
+            try:
+                producer.send(5)
+            finally:
+                producer.close()
+            rec.wait("celery_task_sent_total", 5, 30)
+            wait_until(lambda: exp.get("/readyz").status_code == 200, 10,
+                       what="/readyz to pass")
+            assert monotonic_violations(rec.history) == []
+            print(f"\nredis absent at start-up: served /metrics with broker_connected 0; "
+                  f"connected {reconnect:.1f}s after the broker appeared")
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def _rabbitmqctl(server: RabbitServer, *args: str) -> None:
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([exe, "-n", server.name, *args], env=server._env(), check=True,
+                   capture_output=True, timeout=60)
+
+
+@pytest.mark.amqp
+@pytest.mark.slow
+def test_rabbitmq_absent_at_start_then_killed_and_restarted() -> None:
+    """One node, two boots (RabbitMQ takes seconds to boot): absent at start-up, then up,
+    then SIGKILLed mid-stream and restarted from the same data dir. The broker user has
+    its own password, and the exporter's log of the whole run must not contain it."""
+    server = RabbitServer(free_port(), free_port())
+    password = "rabbit-" + secrets.token_hex(12)
+    url = f"amqp://cee:{password}@127.0.0.1:{server.port}//"
+    worker = WorkerProc(url, "rel-amqp@127.0.0.1")
+    exp = ExporterProc(url, *EXPORTER_FLAGS, "--log-level", "DEBUG")
+    try:
+        exp.start()
+        rec = Recorder(exp)
+        assert rec.value("celery_exporter_broker_connected") == 0
+        assert exp.get("/readyz").status_code == 503
+
+        server.start()
+        up = time.monotonic()
+        _rabbitmqctl(server, "add_user", "cee", password)
+        _rabbitmqctl(server, "set_permissions", "-p", "/", "cee", ".*", ".*", ".*")
+        first = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+        first_total = time.monotonic() - up
+        worker.start()
+        rec.wait("celery_worker_up", 1, 60, worker=worker.name)
+        _run_tasks(rec, url, 20, 20)
+
+        server.kill()
+        before = rec.history[-1]
+        rec.wait("celery_exporter_broker_connected", 0, 30)
+        _outage_checks(rec, exp, before)
+
+        server.start()
+        back = time.monotonic()
+        back_wall = time.time()
+        reconnect = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+        wait_until(lambda: _heartbeat_after(rec, worker.name, back_wall), 90,
+                   what="a heartbeat after the restart")
+        worker_back = time.monotonic() - back
+        _run_tasks(rec, url, 30, 50)
+        final = rec.scrape()
+        for event in ("sent", "received", "started", "succeeded"):
+            assert pick(final, f"celery_task_{event}_total") == 50, event
+        assert pick(final, "celery_exporter_broker_reconnects_total") >= 1
+        assert monotonic_violations(rec.history) == []
+        log = exp.log()
+        assert password not in log
+        assert f"cee:***@127.0.0.1:{server.port}" in log
+        print(f"\nrabbitmq absent at start: connected {first_total:.1f}s after boot began "
+              f"({first:.1f}s after the user existed); SIGKILL + restart: reconnected "
+              f"{reconnect:.1f}s after the port reopened (worker {worker_back:.1f}s); "
+              f"50/50 tasks counted; password absent from {len(log)} bytes of DEBUG log")
+    finally:
+        worker.kill()
+        exp.stop()
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)

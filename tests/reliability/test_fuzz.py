@@ -1,0 +1,288 @@
+"""Hostile and broken payloads through the real decoder, pipeline, state and collector.
+
+Hypothesis generates random, truncated, oversized, wrongly typed and non-JSON payloads,
+pickle payloads and unknown event types, as Redis envelopes and as AMQP bodies. For every
+payload: no exception escapes, nothing is unpickled, and the drop is counted by reason
+(a payload the decoder rejects adds exactly one to `invalid[reason]`; a decoded batch of k
+events adds k to `events_total` + `invalid{not_an_object|missing_type}`). At the end the
+accumulated state renders to an exposition that `promtool check metrics` accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.collector import CeleryCollector
+from exporter.decode import Invalid, decode_body, decode_envelope
+from exporter.pipeline import Pipeline
+from exporter.state import State, StateConfig
+from tests.reliability.conftest import promtool_check
+
+MAX_BYTES = 4096  # small, so "oversized" payloads are cheap to generate
+EXAMPLES = 800  # per test; each example carries several payloads
+
+DECODE_REASONS = {"oversized", "malformed_envelope", "content_type", "malformed_body",
+                  "body_encoding", "malformed_json", "not_an_object"}
+STATE_REASONS = {"not_an_object", "missing_type", "bad_timestamp", "bad_field"}
+
+UNPICKLED: list[str] = []
+
+
+def _mark_unpickled(tag: str) -> str:
+    UNPICKLED.append(tag)
+    return tag
+
+
+class Trap:
+    """Unpickling this calls _mark_unpickled: any entry in UNPICKLED is a failure."""
+
+    def __reduce__(self):
+        return (_mark_unpickled, ("trap",))
+
+
+PICKLE = pickle.dumps({"type": "task-succeeded", "uuid": "p", "hostname": "h@x",
+                       "timestamp": 1.0, "trap": Trap()})
+FUZZ_SETTINGS = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow,
+                                                HealthCheck.data_too_large,
+                                                HealthCheck.filter_too_much])
+
+KNOWN_TYPES = ["task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+               "task-retried", "task-rejected", "task-revoked", "task-cancelled",
+               "worker-online", "worker-heartbeat", "worker-offline"]
+
+hostile_text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(['a"b', "new\nline", "back\\slash", "}{", "x" * 600, "\x00\x06\x16",
+                     "tasks.évènement", "😀", 'name="x",evil="1"', "\u2028"]),
+)
+json_scalar = st.one_of(st.none(), st.booleans(),
+                        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                        st.floats(allow_nan=False, allow_infinity=False), hostile_text)
+json_value = st.recursive(json_scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=6)
+timestamp = st.one_of(st.floats(min_value=0, max_value=4e9), st.integers(-10, 2**40),
+                      st.sampled_from([1e300, -1e300, 0.0]), json_value)
+
+_optional = {
+    "name": st.one_of(st.sampled_from(["tests.add", "tests.fail"]), hostile_text, json_value),
+    "queue": st.one_of(st.sampled_from(["default", "other"]), hostile_text, json_value),
+    "routing_key": hostile_text,
+    "eta": st.one_of(st.sampled_from(["2024-01-01T00:00:00", "9999-12-31T23:59:59+14:00",
+                                      "0001-01-01T00:00:00-23:59", "nope"]), json_value),
+    "retries": st.one_of(st.integers(0, 3), json_value),
+    "runtime": st.one_of(st.floats(-1, 1e6), json_value),
+    "exception": st.one_of(st.sampled_from(["ValueError('x')", "a.b.C()", "(", ""]), json_value),
+    "active": json_value, "processed": json_value, "freq": st.one_of(st.floats(), json_value),
+    "expired": json_value, "terminated": json_value, "requeue": json_value,
+    "sw_ident": json_value, "sw_ver": json_value, "sw_sys": json_value,
+}
+# Plausible events (known type, valid timestamp, hostile fields) reach the handlers ...
+plausible_event = st.fixed_dictionaries(
+    {"type": st.sampled_from(KNOWN_TYPES),
+     "uuid": st.one_of(st.sampled_from(["u1", "u2", "u3"]), hostile_text, json_value),
+     "hostname": st.one_of(st.sampled_from(["w1@h", "w2@h", "celery@x"]), hostile_text,
+                           json_value),
+     "timestamp": st.floats(min_value=1.6e9, max_value=1.8e9)},
+    optional=_optional)
+# ... wild ones exercise the checks in front of them.
+wild_event = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.one_of(st.sampled_from(KNOWN_TYPES), hostile_text, json_value),
+        "uuid": st.one_of(st.sampled_from(["u1", "u2", "u3"]), hostile_text, json_value),
+        "hostname": st.one_of(st.sampled_from(["w1@h", "w2@h"]), hostile_text, json_value),
+        "timestamp": timestamp, **_optional,
+    })
+event = st.one_of(plausible_event, plausible_event, wild_event)
+body_value = st.one_of(event, st.lists(st.one_of(event, json_value), max_size=4), json_value)
+
+
+@st.composite
+def json_bytes(draw) -> bytes:
+    data = orjson.dumps(draw(body_value))
+    how = draw(st.sampled_from(["whole"] * 5 + ["truncate", "pad", "garbage", "pickle"]))
+    if how == "truncate" and len(data) > 1:
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    elif how == "pad":  # oversized, or close to the limit
+        data = data + b" " * draw(st.integers(MAX_BYTES - len(data) - 8, MAX_BYTES + 64))
+    elif how == "garbage":
+        data = draw(st.binary(max_size=200))
+    elif how == "pickle":
+        data = PICKLE
+    return data
+
+
+@st.composite
+def envelopes(draw) -> bytes:
+    body = draw(json_bytes())
+    shape = draw(st.sampled_from(["base64"] * 6 + [
+        "plain", "other_encoding", "bad_base64", "pickle_type", "random_type", "not_dict", "raw",
+        "fields"]))
+    ctype = "application/json"
+    props: object = {"body_encoding": "base64", "delivery_info": {"routing_key": "task.x"}}
+    text: object = base64.b64encode(body).decode()
+    if shape == "plain":
+        props = {}
+        text = body.decode(errors="replace")
+    elif shape == "other_encoding":
+        props = {"body_encoding": draw(st.one_of(hostile_text, json_value))}
+    elif shape == "bad_base64":
+        text = draw(st.text(max_size=30)) + "!*"
+    elif shape == "pickle_type":
+        ctype = "application/x-python-serialize"
+        text = base64.b64encode(PICKLE).decode()
+    elif shape == "random_type":
+        ctype = draw(st.one_of(hostile_text, json_value))
+    elif shape == "not_dict":
+        return orjson.dumps(draw(st.lists(json_value, max_size=3)))
+    elif shape == "raw":
+        return draw(json_bytes())
+    elif shape == "fields":
+        props = draw(json_value)
+        text = draw(st.one_of(st.just(text), json_value))
+    env = {"body": text, "content-type": ctype, "content-encoding": "utf-8",
+           "headers": {}, "properties": props}
+    raw = orjson.dumps(env)
+    if draw(st.integers(0, 9)) == 0 and len(raw) > 1:
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    return raw
+
+
+amqp_messages = st.tuples(
+    st.one_of(json_bytes(), json_bytes().map(lambda b: b.decode(errors="replace"))),
+    st.one_of(st.just("application/json"), st.just("application/json"),
+              st.just("application/json"), st.just("application/x-python-serialize"),
+              st.just("application/x-yaml"), st.none(), hostile_text))
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in sorted(counts.items()) if v}
+
+
+def _totals(state: State) -> tuple[int, dict[str, int]]:
+    return sum(state.event_types.values()), dict(state.invalid)
+
+
+def _check_accounting(state: State, before: tuple[int, dict[str, int]],
+                      decoded: list | Invalid) -> None:
+    events_before, invalid_before = before
+    events_after, invalid_after = _totals(state)
+    delta = {k: v - invalid_before.get(k, 0) for k, v in invalid_after.items()
+             if v != invalid_before.get(k, 0)}
+    assert set(invalid_after) <= DECODE_REASONS | STATE_REASONS, invalid_after
+    if isinstance(decoded, Invalid):
+        assert delta == {decoded.reason: 1}
+        assert events_after == events_before
+    else:
+        accounted = (events_after - events_before + delta.get("not_an_object", 0)
+                     + delta.get("missing_type", 0))
+        assert accounted == len(decoded), (decoded, delta)
+
+
+def _decode(fn, *args) -> list | Invalid:
+    try:
+        return fn(*args)
+    except Invalid as exc:
+        return exc
+
+
+def _render_and_check(pipeline: Pipeline, promtool: str) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CeleryCollector(pipeline))
+    text = generate_latest(registry)
+    promtool_check(promtool, text)
+    return text
+
+
+def _pipeline() -> Pipeline:
+    # Small caps so that the fuzz also runs into series and task-table limits.
+    return Pipeline(State(StateConfig(max_tasks=50, max_series=40, task_ttl=30.0,
+                                      worker_down_retention=5.0)), MAX_BYTES)
+
+
+def test_fuzz_redis_envelopes(promtool: str) -> None:
+    pipeline = _pipeline()
+    seen = {"payloads": 0, "rejected": 0, "events": 0}
+    clock = [1_700_000_000.0]
+
+    @FUZZ_SETTINGS
+    @given(st.lists(envelopes(), min_size=1, max_size=4), st.floats(0, 5))
+    def run(raws: list[bytes], step: float) -> None:
+        clock[0] += step
+        for raw in raws:
+            before = _totals(pipeline.state)
+            decoded = _decode(decode_envelope, raw, MAX_BYTES)
+            pipeline.envelopes([raw], clock[0])
+            _check_accounting(pipeline.state, before, decoded)
+            seen["payloads"] += 1
+            if isinstance(decoded, Invalid):
+                seen["rejected"] += 1
+            else:
+                seen["events"] += len(decoded)
+
+    run()
+    assert UNPICKLED == []
+    assert seen["payloads"] >= 2 * EXAMPLES
+    _render_and_check(pipeline, promtool)
+    print(f"\nfuzz redis envelopes: {seen['payloads']} payloads, {seen['rejected']} rejected by "
+          f"the decoder, {seen['events']} decoded events; invalid by reason "
+          f"{_nonzero(pipeline.state.invalid)}")
+    # Every way a Redis envelope can be wrong was generated and counted.
+    assert {"oversized", "malformed_envelope", "content_type", "malformed_body",
+            "body_encoding", "malformed_json", "not_an_object", "missing_type",
+            "bad_timestamp", "bad_field"} <= set(_nonzero(pipeline.state.invalid))
+
+
+def test_fuzz_amqp_bodies(promtool: str) -> None:
+    pipeline = _pipeline()
+    seen = {"payloads": 0, "rejected": 0, "events": 0}
+    clock = [1_700_000_000.0]
+
+    @FUZZ_SETTINGS
+    @given(st.lists(amqp_messages, min_size=1, max_size=4), st.floats(0, 5))
+    def run(messages: list[tuple[bytes | str, str | None]], step: float) -> None:
+        clock[0] += step
+        for body, ctype in messages:
+            before = _totals(pipeline.state)
+            decoded = _decode(decode_body, body, ctype, MAX_BYTES)
+            pipeline.body(body, ctype, clock[0])
+            _check_accounting(pipeline.state, before, decoded)
+            seen["payloads"] += 1
+            if isinstance(decoded, Invalid):
+                seen["rejected"] += 1
+            else:
+                seen["events"] += len(decoded)
+
+    run()
+    assert UNPICKLED == []
+    assert seen["payloads"] >= 2 * EXAMPLES
+    _render_and_check(pipeline, promtool)
+    print(f"\nfuzz amqp bodies: {seen['payloads']} payloads, {seen['rejected']} rejected by the "
+          f"decoder, {seen['events']} decoded events; invalid by reason "
+          f"{_nonzero(pipeline.state.invalid)}")
+    assert {"oversized", "content_type", "malformed_json", "not_an_object", "missing_type",
+            "bad_timestamp", "bad_field"} <= set(_nonzero(pipeline.state.invalid))
+
+
+def test_pickle_is_never_loaded() -> None:
+    """The exact payloads a pickle-configured Celery would send, on both transports."""
+    pipeline = Pipeline(State())
+    env = orjson.dumps({"body": base64.b64encode(PICKLE).decode(),
+                        "content-type": "application/x-python-serialize",
+                        "content-encoding": "binary",
+                        "properties": {"body_encoding": "base64"}})
+    pipeline.envelopes([env], 1.0)
+    pipeline.body(PICKLE, "application/x-python-serialize", 1.0)
+    # Pickle bytes labelled as JSON are malformed JSON, not a pickle to try.
+    pipeline.body(PICKLE, "application/json", 1.0)
+    assert UNPICKLED == []
+    assert _nonzero(pipeline.state.invalid) == {"content_type": 2, "malformed_json": 1}
+    assert pipeline.state.event_types == {}
