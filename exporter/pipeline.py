@@ -32,15 +32,29 @@ class Pipeline:
 
     def envelopes(self, raws: Iterable[bytes], now: float) -> None:
         """Redis pub/sub payloads (kombu JSON envelopes) received at `now`."""
-        state = self.state
+        # Decoding is pure: do it before taking the lock, so a scrape waits at most for
+        # the state updates of one read, and apply the read's events in one call (the
+        # same numbers as one call per message: they share `now`).
         max_bytes = self.max_bytes
+        events: list = []
+        extend = events.extend
+        invalid = None
+        decoded = False
+        for raw in raws:
+            try:
+                extend(decode_envelope(raw, max_bytes))
+            except Invalid as exc:
+                if invalid is None:
+                    invalid = []
+                invalid.append(exc.reason)
+                continue
+            decoded = True
+        state = self.state
         with self.lock:
-            for raw in raws:
-                try:
-                    events = decode_envelope(raw, max_bytes)
-                except Invalid as exc:
-                    state.invalid_event(exc.reason)
-                    continue
+            if invalid is not None:
+                for reason in invalid:
+                    state.invalid_event(reason)
+            if decoded:
                 state.ingest(events, now)
             if now >= self._next_tick:
                 self._tick(now)

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+IMMEDIATE_RETRY_EVERY = 30.0
 
 
 class Consumer:
@@ -36,19 +37,29 @@ class Consumer:
     def run(self) -> None:
         delay = BACKOFF_START
         url = self.config.redacted_broker_url
+        last_immediate = -IMMEDIATE_RETRY_EVERY
         while not self.stopping.is_set():
             connected_at = time.monotonic()
             try:
                 self.consume()
             except Exception as exc:  # any failure of the broker or its client: reconnect
+                was_up = self.pipeline.connected
                 self.pipeline.set_connected(False, time.time())
                 if self.stopping.is_set():
                     break
-                if time.monotonic() - connected_at > 30:
+                now = time.monotonic()
+                if now - connected_at > 30:
                     delay = BACKOFF_START
+                # A live connection that drops (e.g. Redis closing a subscriber that fell
+                # behind) is retried at once: pub/sub keeps nothing for us meanwhile.
+                # Only once per IMMEDIATE_RETRY_EVERY, so a flapping broker still backs off.
+                immediate = was_up and now - last_immediate >= IMMEDIATE_RETRY_EVERY
                 log.warning("%s: lost or could not open broker connection to %s: %s; "
                             "retrying in %.1fs", self.name, url,
-                            _describe(exc, self.config.broker_url), delay)
+                            _describe(exc, self.config.broker_url), 0.0 if immediate else delay)
+                if immediate:
+                    last_immediate = now
+                    continue
                 # Full jitter keeps a fleet of exporters from reconnecting in step.
                 self.stopping.wait(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, BACKOFF_MAX)
