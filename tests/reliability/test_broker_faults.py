@@ -83,6 +83,20 @@ def _outage_checks(rec: Recorder, exp: ExporterProc, before: Samples) -> None:
         time.sleep(0.3)
 
 
+def _kill_and_restart(rec: Recorder, exp: ExporterProc,
+                      server: RedisServer | RabbitServer) -> tuple[float, float, float]:
+    """SIGKILL the broker, check the outage is reported, start it again; returns when it
+    came back (monotonic and wall clock) and the exporter's reconnect wait."""
+    server.kill()
+    before = rec.history[-1]
+    rec.wait("celery_exporter_broker_connected", 0, 30)
+    _outage_checks(rec, exp, before)
+    server.start()
+    back = time.monotonic()
+    back_wall = time.time()
+    return back, back_wall, rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+
+
 @pytest.mark.redis
 @pytest.mark.slow
 def test_redis_killed_and_restarted_mid_stream() -> None:
@@ -96,15 +110,7 @@ def test_redis_killed_and_restarted_mid_stream() -> None:
             _run_tasks(rec, server.url, 20, 20)
             pid = exp.proc.pid  # type: ignore[union-attr]
 
-            server.kill()
-            before = rec.history[-1]
-            rec.wait("celery_exporter_broker_connected", 0, 30)
-            _outage_checks(rec, exp, before)
-
-            server.start()
-            back = time.monotonic()
-            back_wall = time.time()
-            reconnect = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+            back, back_wall, reconnect = _kill_and_restart(rec, exp, server)
             assert exp.proc.pid == pid and exp.proc.poll() is None  # type: ignore[union-attr]
             assert rec.value("celery_exporter_broker_reconnects_total") >= 1
             # The worker reconnects on its own schedule; then new events must be counted.
@@ -192,15 +198,7 @@ def test_rabbitmq_absent_at_start_then_killed_and_restarted() -> None:
         rec.wait("celery_worker_up", 1, 60, worker=worker.name)
         _run_tasks(rec, url, 20, 20)
 
-        server.kill()
-        before = rec.history[-1]
-        rec.wait("celery_exporter_broker_connected", 0, 30)
-        _outage_checks(rec, exp, before)
-
-        server.start()
-        back = time.monotonic()
-        back_wall = time.time()
-        reconnect = rec.wait("celery_exporter_broker_connected", 1, RECONNECT_BOUND)
+        back, back_wall, reconnect = _kill_and_restart(rec, exp, server)
         wait_until(lambda: _heartbeat_after(rec, worker.name, back_wall), 90,
                    what="a heartbeat after the restart")
         worker_back = time.monotonic() - back
