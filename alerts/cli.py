@@ -30,8 +30,13 @@ def register(subparsers: Any) -> None:
     # One flag per config field, so a new threshold cannot be added without its flag.
     for f in fields(RulesConfig):
         default = f.default if f.default is not MISSING else None
-        p.add_argument(_flag(f.name), dest=f.name, type=type(default), default=default,
-                       help=f"{f.metadata.get('help', '')} (default: %(default)s)")
+        help_ = f"{f.metadata.get('help', '')} (default: %(default)s)"
+        if isinstance(default, bool):  # type=bool would read "False" as true
+            p.add_argument(_flag(f.name), dest=f.name, default=default, help=help_,
+                           action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(_flag(f.name), dest=f.name, type=type(default), default=default,
+                           help=help_)
     p.set_defaults(func=run)
 
 

@@ -69,6 +69,9 @@ class RulesConfig:
     no_consumers_for: str = field(default="10m", metadata={"help": "CeleryQueueNoConsumers for:"})
 
     worker_down_for: str = field(default="2m", metadata={"help": "CeleryWorkerDown for:"})
+    worker_down_on_clean_shutdown: bool = field(default=False, metadata={
+        "help": "CeleryWorkerDown also for workers that announced their shutdown (deploys, "
+                "scale-in); CeleryNoWorkers still fires when none is left"})
     worker_down_retention: str = field(default="10m", metadata={
         "help": "the exporter's --worker-down-retention; CeleryWorkerDown must fire well "
                 "inside it"})

@@ -182,6 +182,16 @@ def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
     # in-flight table is too small for the load.
     evicted = p.m(m.TASKS_EVICTED, 'reason="capacity"')
 
+    # Both series come from the same target with the same labels: a plain `unless` pairs them.
+    if cfg.worker_down_on_clean_shutdown:
+        worker_down = f"{p.m(m.WORKER_UP)} == 0\n"
+        down_how = "stopped sending heartbeats or went offline"
+    else:
+        worker_down = (f"{p.m(m.WORKER_UP)} == 0\n"
+                       f"unless\n"
+                       f"{p.m(m.WORKER_CLEAN_SHUTDOWN)} == 1\n")
+        down_how = "stopped sending heartbeats without announcing a shutdown"
+
     def reason(expr: str, value: str) -> str:
         return f'label_replace(\n  {expr},\n  "reason", "{value}", "", ""\n)'
 
@@ -244,13 +254,12 @@ def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
             "{{ $value | humanize }} messages and no worker consumes it: these tasks will "
             "not run."),
         _alert(
-            cfg, "CeleryWorkerDown", f"{p.m(m.WORKER_UP)} == 0\n",
+            cfg, "CeleryWorkerDown", worker_down,
             cfg.worker_down_for, "warning",
             "Celery worker {{ $labels.worker }} is down.",
             f"Worker {{{{ $labels.worker }}}} (job {{{{ $labels.job }}}}, exporter "
-            f"{{{{ $labels.instance }}}}) stopped sending heartbeats or went offline. The "
-            f"exporter forgets it {cfg.worker_down_retention} after that, which resolves "
-            f"this alert."),
+            f"{{{{ $labels.instance }}}}) {down_how}. The exporter forgets it "
+            f"{cfg.worker_down_retention} after that, which resolves this alert."),
         _alert(
             cfg, "CeleryNoWorkers",
             f"max by ({p.by}) ({p.m(m.BROKER_CONNECTED)}) == 1\n"

@@ -40,10 +40,15 @@ def build(opts: Options) -> g.Dashboard:
         stat("Workers up", [(f"sum({gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
              thresholds=steps(("red", None), ("green", 1)),
              description="Workers whose heartbeats arrive."),
-        stat("Workers down", [(f"sum(1 - {gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
-             thresholds=steps(("green", None), ("red", 1)),
-             description="Workers lost within --worker-down-retention (default 10 minutes); "
-                         "after that their series are removed."),
+        stat("Workers down",
+             [(f"sum((1 - {gauge(m.WORKER_UP)}) unless {gauge(m.WORKER_CLEAN_SHUTDOWN)} == 1)",
+               "lost"),
+              (f"sum({gauge(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
+             unit=COUNT, w=4, thresholds=steps(("green", None), ("red", 1)),
+             description="Workers down within --worker-down-retention (default 10 minutes), "
+                         "after which their series are removed: lost (heartbeats stopped "
+                         "without a goodbye: a crash, what CeleryWorkerDown pages on) and "
+                         "shut down (announced with worker-offline: a deploy, a scale-in)."),
         stat("Active tasks", [(f"sum({gauge(m.WORKER_TASKS_ACTIVE)})", "")], unit=COUNT, w=4,
              description="Tasks executing now, from the workers' heartbeats."),
         stat("Prefetched tasks", [(f"sum({gauge(m.WORKER_TASKS_PREFETCHED)})", "")],
@@ -65,8 +70,8 @@ def build(opts: Options) -> g.Dashboard:
         timeseries("Worker up", [(gauge(m.WORKER_UP), "{{worker}}")], unit=COUNT,
                    min_value=0, max_value=1, step=True,
                    description="1 while heartbeats arrive; 0 after the heartbeat timeout or "
-                               "a clean shutdown; the series disappears after the down "
-                               "retention."),
+                               "a clean shutdown (celery_worker_clean_shutdown tells which); "
+                               "the series disappears after the down retention."),
         timeseries("Heartbeat age",
                    [(f"time() - {gauge(m.WORKER_LAST_HEARTBEAT)}", "{{worker}}")],
                    unit=SECONDS, thresholds=steps(("green", None), ("red", 10)),

@@ -164,7 +164,8 @@ def _queues(report: Report, config: Config, state: State) -> None:
         from exporter.probes.workers import InspectProbe
 
         pipeline = Pipeline(state)
-        inspect = InspectProbe(config.broker_url, config.transport_options, pipeline, 0, 2)
+        inspect = InspectProbe(config.broker_url, config.transport_options, pipeline, 0, 2,
+                               live_workers=lambda: sum(w.up for w in state.workers.values()))
         ProbeRunner([inspect], results).run_once(inspect)
         for w in state.workers.values():
             queues.update(w.queues)

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-timeout", type=float,
                    default=float(_env("--probe-timeout", 5)))  # type: ignore[arg-type]
     g.add_argument("--no-inspect", action="store_true", default=_env_bool("--no-inspect", False),
-                   help="do not broadcast `inspect` for pool size, prefetch limit and queues")
+                   help="do not broadcast `inspect` for pool size, prefetch limit and queues "
+                        "(workers that only accept signed messages refuse it)")
     g.add_argument("--inspect-interval", type=float,
                    default=float(_env("--inspect-interval", 60)))  # type: ignore[arg-type]
     g.add_argument("--rabbitmq-management-url", default=_env("--rabbitmq-management-url"),

@@ -64,7 +64,8 @@ class CeleryCollector:
             histograms = [(s.metric, s.bounds, s.data.copy()) for s in state.histograms.values()]
             workers = [(w.label if not self.drop_worker else w.hostname, w.hostname, w.up,
                         w.active, w.prefetched, w.scheduled, w.last_seen, w.sw_ver, w.sw_ident,
-                        w.sw_sys, w.pool, w.prefetch_limit, w.events_missing, w.queues)
+                        w.sw_sys, w.pool, w.prefetch_limit, w.events_missing, w.queues,
+                        w.said_goodbye)
                        for w in state.workers.values()]
             event_types = dict(state.event_types)
             invalid = dict(state.invalid)
@@ -145,12 +146,13 @@ class CeleryCollector:
         pool = self._gauge(m.WORKER_POOL_PROCESSES)
         limit = self._gauge(m.WORKER_PREFETCH_LIMIT)
         events_missing = self._gauge(m.WORKER_TASK_EVENTS_MISSING)
+        clean = self._gauge(m.WORKER_CLEAN_SHUTDOWN)
         # Worker gauges are per node: with grouped worker labels several nodes share a
         # label, so their values add up (and `up` counts live nodes).
         rows: dict[str, list[float]] = {}
         for (label, _host, is_up, act, pre, sch, last, ver, ident, system, size, plimit, miss,
-             _queues) in workers:
-            row = rows.setdefault(label, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+             _queues, goodbye) in workers:
+            row = rows.setdefault(label, [0.0] * 11)
             row[0] += 1.0 if is_up else 0.0
             row[1] += (act or 0) if is_up else 0
             row[2] += max(pre, 0)
@@ -160,6 +162,8 @@ class CeleryCollector:
             row[6] += plimit or 0
             row[7] = max(row[7], 1.0 if miss and is_up else 0.0)
             row[8] += 1.0 if size is not None else 0.0
+            row[9] += 1.0  # nodes
+            row[10] += 1.0 if goodbye and not is_up else 0.0
             if ver or ident or system:
                 info.add_metric([label, ver, ident, system, *static], 1)
         for label, row in sorted(rows.items()):
@@ -170,10 +174,12 @@ class CeleryCollector:
             scheduled.add_metric(key, row[3])
             seen.add_metric(key, row[4])
             events_missing.add_metric(key, row[7])
+            clean.add_metric(key, 1.0 if row[10] == row[9] else 0.0)
             if row[8]:
                 pool.add_metric(key, row[5])
                 limit.add_metric(key, row[6])
-        yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing)
+        yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing,
+                    clean)
 
     def _queues(self, workers: list) -> Iterator[Metric]:
         static = self.static_values

@@ -120,9 +120,15 @@ WORKER_TASK_EVENTS_MISSING = Metric(
     "1 when the worker processes tasks (heartbeat 'processed' grows) but sends no task "
     "events: start it with -E or set worker_send_task_events.", ("worker",))
 
+WORKER_CLEAN_SHUTDOWN = Metric(
+    "worker_clean_shutdown", "gauge",
+    "1 while the worker is down after announcing its shutdown (worker-offline: a deploy or a "
+    "scale-in), 0 while it is up or after it vanished without a word (a crash). With grouped "
+    "worker labels, 1 only when every node of the group shut down cleanly.", ("worker",))
+
 WORKER_GAUGES: tuple[Metric, ...] = (
     WORKER_UP, WORKER_TASKS_ACTIVE, WORKER_TASKS_PREFETCHED, WORKER_TASKS_SCHEDULED,
-    WORKER_LAST_HEARTBEAT, WORKER_TASK_EVENTS_MISSING,
+    WORKER_LAST_HEARTBEAT, WORKER_TASK_EVENTS_MISSING, WORKER_CLEAN_SHUTDOWN,
 )
 
 QUEUE_LENGTH = Metric("queue_length", "gauge",

@@ -79,13 +79,15 @@ class Task:
 class Worker:
     __slots__ = ("active", "down_since", "events_missing", "freq", "gen", "hostname", "label",
                  "last_processed", "last_seen", "pool", "prefetch_limit", "prefetched",
-                 "queues", "scheduled", "silent_beats", "sw_ident", "sw_sys", "sw_ver",
-                 "task_events", "up")
+                 "queues", "said_goodbye", "scheduled", "silent_beats", "sw_ident", "sw_sys",
+                 "sw_ver", "task_events", "up")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
         self.label = label
         self.up = True
+        # Down after worker-offline (a deploy, a scale-in) rather than silence (a crash).
+        self.said_goodbye = False
         self.last_seen = 0.0
         self.down_since = 0.0
         self.freq = 2.0
@@ -381,6 +383,7 @@ class State:
         elif not worker.up:
             # Any event proves the node is back; its buffers were dropped when it went down.
             worker.up = True
+            worker.said_goodbye = False
         worker.last_seen = now
         return worker
 
@@ -677,6 +680,7 @@ class State:
         worker = self._worker(e["hostname"], now)
         self._update_worker(worker, e, ts, now)
         self._worker_down(worker, now)
+        worker.said_goodbye = True
 
     def _worker_down(self, worker: Worker, now: float) -> None:
         worker.up = False

@@ -291,3 +291,37 @@ def test_alertmanager_example_is_valid_and_names_real_alerts() -> None:
         for name in set().union(*sides):
             missing = set(rule["equal"]) - carried[name]
             assert not missing, f"{name} lacks {missing}: the inhibition would never match"
+
+
+def test_opt_in_worker_down_on_clean_shutdown(tmp_path: Path) -> None:
+    """With the flag a worker that said goodbye pages too; by default only a silent one."""
+    down = "celery_worker_up{job=\"celery\", worker=\"w1@h\"}"
+    clean = "celery_worker_clean_shutdown{job=\"celery\", worker=\"w1@h\"}"
+    case = {
+        "rule_files": [RULES_FILE],
+        "evaluation_interval": "15s",
+        "group_eval_order": ["celery.recording", "celery.alerts"],
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": down, "values": "1x3 0x20"},
+                             {"series": clean, "values": "0x3 1x20"}],
+            "alert_rule_test": [{"eval_time": "3m", "alertname": "CeleryWorkerDown",
+                                 "exp_alerts": "EXPECTED"}],
+        }],
+    }
+    fired = [{"exp_labels": {"severity": "warning", "job": "celery", "worker": "w1@h"},
+              "exp_annotations": {
+                  "summary": "Celery worker w1@h is down.",
+                  "description": "Worker w1@h (job celery, exporter ) stopped sending "
+                                 "heartbeats or went offline. The exporter forgets it 10m "
+                                 "after that, which resolves this alert.",
+                  "runbook_url": f"{RUNBOOK_URL}#celeryworkerdown"}}]
+    for flag, expected in (("--worker-down-on-clean-shutdown", fired),
+                           ("--no-worker-down-on-clean-shutdown", [])):
+        out = tmp_path / flag.strip("-")
+        assert cli.run(parse(["--out", str(out), flag])) == 0
+        case["tests"][0]["alert_rule_test"][0]["exp_alerts"] = expected
+        (out / "test.yml").write_text(yaml.safe_dump(case), encoding="utf-8")
+        proc = subprocess.run([promtool(), "test", "rules", "test.yml"], capture_output=True,
+                              text=True, timeout=60, check=False, cwd=out)
+        assert proc.returncode == 0, flag + "\n" + proc.stdout + proc.stderr

@@ -83,6 +83,41 @@ def test_worker_gauges_reflect_timeout_and_removal() -> None:
     assert W1 not in text
 
 
+def test_clean_shutdown_is_told_apart_from_a_crash() -> None:
+    pipeline, results = scenario(StateConfig(worker_timeout=10))
+    registry = registry_for(pipeline, results)
+    get = registry.get_sample_value
+    assert get("celery_worker_clean_shutdown", {"worker": W1}) == 0
+    pipeline.state.ingest([{"type": "worker-offline", "hostname": W1, "timestamp": T0 + 5}],
+                          T0 + 5)
+    pipeline.state.tick(T0 + 20)  # W2 times out: a crash
+    assert get("celery_worker_up", {"worker": W1}) == 0
+    assert get("celery_worker_clean_shutdown", {"worker": W1}) == 1
+    assert get("celery_worker_up", {"worker": W2}) == 0
+    assert get("celery_worker_clean_shutdown", {"worker": W2}) == 0
+
+
+def test_grouped_workers_are_a_clean_shutdown_only_when_every_node_is() -> None:
+    policy = LabelPolicy(worker_mode="regex", worker_regex=re.compile(r"^celery@(\w+)-\d+$"))
+    state = State(StateConfig(labels=policy, worker_timeout=10))
+    for node in ("celery@web-1", "celery@web-2"):
+        online(state, node, T0)
+    registry = registry_for(Pipeline(state), ProbeResults())
+
+    def goodbye(node: str, t: float) -> None:
+        state.ingest([{"type": "worker-offline", "hostname": node, "timestamp": t}], t)
+
+    goodbye("celery@web-1", T0 + 1)
+    assert registry.get_sample_value("celery_worker_up", {"worker": "web"}) == 1
+    assert registry.get_sample_value("celery_worker_clean_shutdown", {"worker": "web"}) == 0
+    state.tick(T0 + 20)  # web-2 falls silent: the group is down, not cleanly
+    assert registry.get_sample_value("celery_worker_up", {"worker": "web"}) == 0
+    assert registry.get_sample_value("celery_worker_clean_shutdown", {"worker": "web"}) == 0
+    online(state, "celery@web-2", T0 + 21)
+    goodbye("celery@web-2", T0 + 22)
+    assert registry.get_sample_value("celery_worker_clean_shutdown", {"worker": "web"}) == 1
+
+
 def test_prefix_static_labels_and_worker_label_none() -> None:
     pipeline, results = scenario(StateConfig(labels=LabelPolicy(worker_mode="none")))
     registry = registry_for(pipeline, results, prefix="acme_celery",

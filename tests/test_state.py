@@ -421,6 +421,7 @@ def test_worker_offline_is_down_at_once_and_drops_its_buffers() -> None:
     assert s.workers[W1].prefetched == 1
     s.ingest([ev("worker-offline", T0 + 1)], T0 + 1)
     assert not s.workers[W1].up
+    assert s.workers[W1].said_goodbye
     assert s.workers[W1].prefetched == 0
     # The redelivered message starts elsewhere; the gone worker's gauge must not go negative.
     feed(s, [ev("task-received", T0 + 2, uuid="a", retries=0, eta=None, hostname=W2),
@@ -435,6 +436,7 @@ def test_restarted_worker_with_the_same_name_comes_back_clean() -> None:
     feed(s, lifecycle("a", T0)[:2])
     s.tick(T0 + 100)
     assert not s.workers[W1].up
+    assert not s.workers[W1].said_goodbye, "silence is a crash, not a clean shutdown"
     online(s, t=T0 + 101)
     w = s.workers[W1]
     assert w.up and w.prefetched == 0
@@ -442,6 +444,11 @@ def test_restarted_worker_with_the_same_name_comes_back_clean() -> None:
     assert w.prefetched == 1
     feed(s, [ev("task-started", T0 + 103, uuid="a")])  # old task from before the restart
     assert w.prefetched == 1
+    # A deploy: goodbye, then the same name again. The goodbye is forgotten on return.
+    s.ingest([ev("worker-offline", T0 + 104)], T0 + 104)
+    assert not w.up and w.said_goodbye
+    online(s, t=T0 + 105)
+    assert w.up and not w.said_goodbye
 
 
 def test_wakeup_heartbeat_without_active_does_not_read_as_idle() -> None:

@@ -12,6 +12,14 @@ from exporter.pipeline import Pipeline
 from exporter.probes import Probe, ProbeResults
 from exporter.state import apply_worker_probe
 
+# Consecutive unanswered broadcasts stretch the interval up to this factor: each one costs
+# every refusing worker a CRITICAL line in its log.
+MAX_BACKOFF = 16
+
+
+class NoReplies(RuntimeError):
+    pass
+
 
 class InspectProbe(Probe):
     name = "inspect"
@@ -25,7 +33,7 @@ class InspectProbe(Probe):
         self.app.conf.broker_transport_options = transport_options
         self.app.conf.broker_connection_retry_on_startup = False
         self.pipeline = pipeline
-        self.interval = interval
+        self.base_interval = self.interval = interval
         self.timeout = timeout
         self.live_workers = live_workers
 
@@ -36,6 +44,16 @@ class InspectProbe(Probe):
         inspect = self.app.control.inspect(timeout=self.timeout, limit=limit or None)
         stats = inspect.stats() or {}
         queues = inspect.active_queues() or {}
+        if limit and not stats and not queues:
+            self.interval = min(self.interval * 2, self.base_interval * MAX_BACKOFF)
+            raise NoReplies(
+                f"none of the {limit} live workers answered inspect within {self.timeout:g}s "
+                f"(next try in {self.interval:g}s). Workers that accept only signed messages "
+                f"(task_serializer 'auth', app.setup_security()) refuse the exporter's "
+                f"unsigned control messages and log 'Refusing to deserialize untrusted "
+                f"content': run the exporter with --no-inspect for them. Otherwise the "
+                f"workers are too busy to answer: raise --probe-timeout.")
+        self.interval = self.base_interval
         with self.pipeline.lock:
             for hostname in set(stats) | set(queues):
                 info = stats.get(hostname) or {}

@@ -40,6 +40,7 @@ def test_killed_worker_goes_down_then_away(broker: Broker, procs: Procs) -> None
         assert m.get("celery_worker_tasks_prefetched", worker=node) == 0, \
             "a dead worker's buffer went back to the broker: prefetched must drop to 0"
         assert m.get("celery_worker_tasks_active", worker=node) == 0
+        assert m.get("celery_worker_clean_shutdown", worker=node) == 0, "a crash, not a goodbye"
 
     # --worker-down-retention 5: the down worker's series go away, task series included.
     m = quick.wait(lambda m: worker_series(m, node) == [],
@@ -68,6 +69,7 @@ def test_clean_shutdown_and_restart(broker: Broker, procs: Procs) -> None:
     m = exporter.wait(lambda m: m.get("celery_worker_up", worker=node) == 0,
                       "celery_worker_up 0 from worker-offline")
     assert m.get("celery_worker_tasks_prefetched", worker=node) == 0
+    assert m.get("celery_worker_clean_shutdown", worker=node) == 1
     assert m.value("celery_exporter_events_total", type="worker-offline") == 1
     worker.proc.wait_exit(30)
 
@@ -80,6 +82,7 @@ def test_clean_shutdown_and_restart(broker: Broker, procs: Procs) -> None:
                    and m.value("celery_exporter_tasks_tracked", default=-1) == 0),
         f"all {tasks} tasks done once, by the restarted worker too, buffer empty")
     assert m.get("celery_worker_up", worker=node) == 1
+    assert m.get("celery_worker_clean_shutdown", worker=node) == 0
     assert m.get("celery_worker_tasks_scheduled", worker=node) == 0
     assert m.table("celery_worker_up", "worker") == {(node,): 1.0}
     assert m.value("celery_exporter_events_total", type="worker-online") == 2
