@@ -127,6 +127,7 @@ class StackOptions:
     load_seed: int | None = None
     scrape_interval: str = "5s"
     prefetch_multiplier: int = 4
+    signing: bool = False  # sign task and control messages (proj's DEMO_SIGNING)
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Stack:
             # Long demo runs would keep every email in worker memory with locmem.
             "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.dummy.EmailBackend",
             "PYTHONPATH": str(PROJ),
+            "DEMO_SIGNING": "1" if self.options.signing else "0",
+            "DEMO_CERTS_DIR": str(self.options.workdir / "certs"),
         }
 
     # -- services ---------------------------------------------------------------------------
@@ -207,6 +210,11 @@ class Stack:
     def start_django(self) -> None:
         python = str(BIN / "python")
         env = self.django_env()
+        if self.options.signing:
+            # With signing on the app refuses to start without its key pair: make it first.
+            subprocess.run([python, "manage.py", "democerts"], cwd=PROJ, check=True,
+                           env={**os.environ, **env, "DEMO_SIGNING": "0"}, timeout=120,
+                           stdout=subprocess.DEVNULL)
         subprocess.run([python, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=PROJ,
                        env={**os.environ, **env}, check=True, timeout=300)
         port = self.options.web_port or free_port()
@@ -245,7 +253,9 @@ class Stack:
             str(BIN / "celery-events-exporter"), "--broker-url", self.broker_url,
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
             "--inspect-interval", "10", "--queue", "default", "--queue", "emails",
-            "--queue", "reports", "--queue", "priority"])
+            "--queue", "reports", "--queue", "priority",
+            # Signing workers refuse unsigned control messages: no inspect broadcast.
+            *(["--no-inspect"] if self.options.signing else [])])
         self.exporter_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.exporter_url}/healthz", 30, exporter.proc)
         exporter.url = f"{self.exporter_url}/metrics"
@@ -399,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-url", help="send Alertmanager's notifications to this webhook")
     p.add_argument("--scrape-interval", default="5s", help="Prometheus scrape/eval interval")
     p.add_argument("--seed", type=int, help="seed of the load generator, for a repeatable mix")
+    p.add_argument("--signing", action="store_true",
+                   help="sign task and control messages with throw-away certificates "
+                        "(the exporter reads the unsigned JSON events all the same)")
     return p
 
 
@@ -411,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     options = StackOptions(workdir=args.workdir, broker=args.broker, rate=args.rate,
                            duration=args.duration, exporter_port=args.exporter_port,
                            prometheus=not args.no_prometheus, webhook_url=args.webhook_url,
-                           scrape_interval=args.scrape_interval, load_seed=args.seed)
+                           scrape_interval=args.scrape_interval, load_seed=args.seed,
+                           signing=args.signing)
     stack = Stack(options)
     stopping = False
 
@@ -424,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     print("starting the demo stack (logs in %s) ..." % (args.workdir / "logs"), flush=True)
     with stack:
         print(f"  broker        {stack.broker_url}")
+        if options.signing:
+            print(f"  signing       task messages signed, certificates in {args.workdir / 'certs'}")
         print(f"  django web    {stack.web_url}/signup/ (POST)")
         print(f"  exporter      {stack.exporter_url}/metrics")
         if stack.prometheus_url:

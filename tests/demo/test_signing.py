@@ -137,3 +137,29 @@ def test_tampered_signed_message_is_rejected(signing_worker: Worker, celery_app:
     time.sleep(0.5)
     assert not TaskResult.objects.filter(task_id=task_id).exists()
     assert f"tasks.crunch_numbers[{task_id}] succeeded" not in signing_worker.log()
+
+
+def test_exporter_inspect_probe_explains_signed_workers(signing_worker: Worker,
+                                                        demo: DemoEnv) -> None:
+    """A signing worker refuses the exporter's unsigned broadcast: the probe says so and why,
+    and backs off so the worker's log is not flooded."""
+    from exporter.pipeline import Pipeline
+    from exporter.probes import ProbeResults, ProbeRunner
+    from exporter.probes.workers import MAX_BACKOFF, InspectProbe
+    from exporter.state import State
+
+    probe = InspectProbe(demo.broker_url, {}, Pipeline(State()), 60, 2, live_workers=lambda: 1)
+    results = ProbeResults()
+    runner = ProbeRunner([probe], results)
+    try:
+        for expected in (120, 240):
+            runner.run_once(probe)
+            status = results.status["inspect"]
+            assert not status.success
+            assert "signed messages" in status.last_error, status.last_error
+            assert "--no-inspect" in status.last_error
+            assert probe.interval == expected
+        assert probe.interval <= 60 * MAX_BACKOFF
+        assert "Refusing to deserialize untrusted content" in signing_worker.log()
+    finally:
+        probe.close()
