@@ -29,11 +29,11 @@ ensure_venv() {
     echo "== creating .venv"
     "$py" -m venv .venv
   fi
-  stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+  stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
   if [ ! -f "$stamp" ]; then
     echo "== installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[dev]'
+    .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
     rm -f .venv/.installed-*
     touch "$stamp"
   fi
