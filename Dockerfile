@@ -53,6 +53,9 @@ RUN python -m venv /opt/venv \
 # --- app: Django web, Celery workers, load generator ----------------------------------------
 FROM base AS app
 COPY --from=app-venv /opt/venv /opt/venv
+# docker-compose.yml mounts the demo's signing key pair here from a named volume. A fresh
+# volume takes the owner of the image's directory, and `certs` writes it as celery.
+RUN install -d -o celery -g celery -m 0750 /certs
 WORKDIR /app/proj
 COPY proj/ /app/proj/
 # manage.py and `celery -A proj` both default DJANGO_SETTINGS_MODULE; PYTHONPATH makes

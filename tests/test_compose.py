@@ -9,7 +9,9 @@ CI has no Docker, so nothing here builds or starts a container. Instead:
    and healthchecks, published ports, the exporter's flags and environment, the Django
    settings' environment variables, the workers' queues, celery and manage.py options, the
    Prometheus config (promtool), the Alertmanager config (amtool), Grafana provisioning and
-   the dashboards' datasource, .dockerignore against the Dockerfile's COPYs.
+   the dashboards' datasource, .dockerignore against the Dockerfile's COPYs, and the
+   DEMO_SIGNING switch: the `certs` service's key pair reaches every app service, and the
+   exporter stops `inspect` when signing is on.
 3. The compose stack and scripts/stack.py (its local-process twin) agree: Prometheus job
    `celery`, worker queues and prefetch, the exporter's queues and probe timers.
 """
@@ -30,7 +32,7 @@ import tempfile
 import tomllib
 import types
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -60,7 +62,7 @@ SCHEMA_DIST = "docker-compose==1.29.2"
 SCHEMA_WHEEL_SHA256 = "8d5589373b35c8d3b1c8c1182c6e4a4ff14bffa3dd0b605fcd08f73c94cef809"
 SCHEMA_MEMBER = "compose/config/compose_spec.json"
 
-APP_ENV_PREFIXES = ("CELERY_", "DJANGO_", "POSTGRES_")
+APP_ENV_PREFIXES = ("CELERY_", "DJANGO_", "POSTGRES_", "DEMO_")
 EXPORTER_ENV_PREFIX = "CELERY_EVENTS_EXPORTER_"
 GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 LOCAL_HTTP = re.compile(r"http://(?:127\.0\.0\.1|localhost):(\d+)/")
@@ -79,16 +81,19 @@ _VARIABLE = re.compile(
     r"|(?P<invalid>))")
 
 
-def interpolate(value: Any, used: dict[str, str | None]) -> Any:
+def interpolate(value: Any, used: dict[str, str | None],
+                env: Mapping[str, str] | None = None) -> Any:
     """Compose's `${VAR:-default}` interpolation with every variable at its default.
 
     The environment of whoever runs the tests is ignored on purpose: the file must work as
-    it is. `used` collects each variable and its default (None when it has none).
+    it is. `env` sets variables for the tests that switch one (DEMO_SIGNING). `used`
+    collects each variable and its default (None when it has none).
     """
+    env = env or {}
     if isinstance(value, dict):
-        return {k: interpolate(v, used) for k, v in value.items()}
+        return {k: interpolate(v, used, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, used) for v in value]
+        return [interpolate(v, used, env) for v in value]
     if not isinstance(value, str):
         return value
 
@@ -98,11 +103,13 @@ def interpolate(value: Any, used: dict[str, str | None]) -> Any:
         name = match.group("braced") or match.group("named")
         if name is None:
             raise ValueError(f"invalid interpolation in {value!r}")
-        if match.group("op") in ("-", ":-"):
-            used.setdefault(name, match.group("arg"))
-            return match.group("arg")
-        used.setdefault(name, None)
-        return ""
+        op, default = match.group("op"), match.group("arg")
+        has_default = op in ("-", ":-")
+        used.setdefault(name, default if has_default else None)
+        # `:-` also replaces an empty value, `-` only an unset one.
+        if name in env and (env[name] or op != ":-"):
+            return env[name]
+        return default if has_default else ""
 
     return _VARIABLE.sub(substitute, value)
 
@@ -187,12 +194,16 @@ class Port:
     protocol: str
 
 
-@pytest.fixture(scope="module")
-def compose() -> Compose:
+def load_compose(env: Mapping[str, str] | None = None) -> Compose:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     used: dict[str, str | None] = {}
-    data = interpolate(raw, used)
+    data = interpolate(raw, used, env)
     return Compose(raw, data, used)
+
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    return load_compose()
 
 
 # --- the Compose schema ------------------------------------------------------------------------
@@ -321,7 +332,7 @@ def test_dependencies_exist_and_are_healthy_or_completed(compose: Compose) -> No
 
 def test_long_running_services_have_healthchecks_and_restart_policies(compose: Compose) -> None:
     one_shot = _one_shot(compose)
-    assert one_shot == {"migrate"}
+    assert one_shot == {"certs", "migrate"}
     for name, service in compose.services.items():
         assert "restart" in service, f"{name}: no restart policy"
         if name in one_shot:
@@ -442,7 +453,7 @@ def task_queues() -> list[str]:
 def test_app_environment_is_read_by_the_settings(compose: Compose) -> None:
     sources = "\n".join(path.read_text() for path in SETTINGS_SOURCES)
     app_services = compose.services_with_target("app")
-    assert set(app_services) == {"migrate", "web", "worker", "worker-reports", "load"}
+    assert set(app_services) == {"certs", "migrate", "web", "worker", "worker-reports", "load"}
     for name in app_services:
         env = compose.environment(name)
         for key in env:
@@ -457,7 +468,9 @@ def test_app_settings_resolve_to_the_compose_services(compose: Compose) -> None:
     postgres = compose.environment("postgres")
     code = ("import json; from proj import settings as s; print(json.dumps({"
             "'db': s.DATABASES['default'], 'broker': s.CELERY_BROKER_URL, "
-            "'prefetch': s.CELERY_WORKER_PREFETCH_MULTIPLIER, 'hosts': s.ALLOWED_HOSTS}))")
+            "'prefetch': s.CELERY_WORKER_PREFETCH_MULTIPLIER, 'hosts': s.ALLOWED_HOSTS, "
+            "'signing': s.DEMO_SIGNING, 'certs': str(s.DEMO_CERTS_DIR)}))")
+    one_shot = _one_shot(compose)
     for name in compose.services_with_target("app"):
         loaded = json.loads(run_in_proj(code, compose.environment(name)))
         db = loaded["db"]
@@ -466,10 +479,13 @@ def test_app_settings_resolve_to_the_compose_services(compose: Compose) -> None:
         assert (db["NAME"], db["USER"], db["PASSWORD"]) == (
             postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
         assert _broker_service(loaded["broker"]) == "redis"
-        assert "redis" in compose.services[name]["depends_on"] or name == "migrate"
+        assert "redis" in compose.services[name].get("depends_on", {}) or name in one_shot
         expected = 4 if name == "worker-reports" else 1
         assert loaded["prefetch"] == expected, f"{name}: prefetch multiplier"
         assert "web" in loaded["hosts"] and "127.0.0.1" in loaded["hosts"]
+        assert loaded["signing"] is False, f"{name}: DEMO_SIGNING is off by default"
+        assert loaded["certs"] in {m.target for m in compose.mounts(name)}, (
+            f"{name}: DEMO_CERTS_DIR {loaded['certs']} is not mounted")
 
 
 def _celery_commands() -> dict[str, Any]:
@@ -565,7 +581,7 @@ def test_manage_py_commands_and_options_exist(compose: Compose) -> None:
             if token.startswith("--"):
                 assert token.split("=", 1)[0] in help_text, f"{name}: {command[2]} {token}?"
         checked += 1
-    assert checked == 3  # migrate, web (runserver), load (loadgen)
+    assert checked == 4  # certs (democerts), migrate, web (runserver), load (loadgen)
 
 
 def test_web_listens_where_it_is_published(compose: Compose) -> None:
@@ -576,6 +592,152 @@ def test_web_listens_where_it_is_published(compose: Compose) -> None:
     assert [p.container for p in compose.ports("web")] == [port]
     assert "/healthz" in " ".join(compose.services["web"]["healthcheck"]["test"])
     assert re.search(r"path\(\s*[\"']healthz[\"']", (PROJ / "proj" / "urls.py").read_text())
+
+
+# --- DEMO_SIGNING: the certs service, its volume, the exporter ----------------------------------
+
+SIGNING_ON = {"DEMO_SIGNING": "1"}
+
+
+def _certs_mount(compose: Compose) -> Mount:
+    """Where the one-shot `certs` service writes the key pair: its --dir, a named volume."""
+    command = compose.command("certs")
+    assert command[:3] == ["python", "manage.py", "democerts"], f"certs: {command}"
+    assert "--keep" in command, "certs: --keep, or each `up` replaces the key under the workers"
+    directory = _flag_value_pair(command, "--dir")
+    mounts = [m for m in compose.mounts("certs") if m.target == directory]
+    assert len(mounts) == 1, f"certs: nothing mounted at its --dir {directory}"
+    assert not mounts[0].bind and not mounts[0].read_only, (
+        f"certs: {directory} must be a writable named volume the other services share")
+    return mounts[0]
+
+
+def _waits_for_completion(compose: Compose, name: str, target: str) -> bool:
+    """`name` starts only after `target` completed successfully, directly or through others."""
+    for dependency, spec in (compose.services[name].get("depends_on") or {}).items():
+        if dependency == target:
+            if spec["condition"] == "service_completed_successfully":
+                return True
+        elif _waits_for_completion(compose, dependency, target):
+            return True
+    return False
+
+
+def test_every_app_service_reads_the_key_pair_from_the_certs_volume(compose: Compose) -> None:
+    volume = _certs_mount(compose)
+    assert compose.variables["DEMO_SIGNING"] == "0", "signing is off unless asked for"
+    signing_on = load_compose(SIGNING_ON)
+    readers = []
+    for name in compose.services:
+        env = compose.environment(name)
+        if "DEMO_CERTS_DIR" not in env:
+            assert "DEMO_SIGNING" not in env, f"{name}: DEMO_SIGNING without DEMO_CERTS_DIR"
+            continue
+        readers.append(name)
+        directory = env["DEMO_CERTS_DIR"]
+        mounts = [m for m in compose.mounts(name) if m.target == directory]
+        assert [(m.source, m.bind) for m in mounts] == [(volume.source, False)], (
+            f"{name}: mount the {volume.source} volume at DEMO_CERTS_DIR ({directory})")
+        signing = signing_on.environment(name).get("DEMO_SIGNING")
+        if name == "certs":
+            assert signing == "0", "certs: democerts must run with signing off"
+            continue
+        assert signing == "1", f"{name}: DEMO_SIGNING must follow the environment"
+        assert mounts[0].read_only, f"{name}: only certs writes the key pair (:ro)"
+        assert _waits_for_completion(compose, name, "certs"), (
+            f"{name} may start before certs has written the key pair")
+    assert sorted(readers) == sorted(compose.services_with_target("app"))
+
+
+def _envconfig() -> types.ModuleType:
+    """proj/proj/envconfig.py on its own (it imports no Django; the package would)."""
+    spec = importlib.util.spec_from_file_location("_cee_envconfig", PROJ / "proj" / "envconfig.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("value", ["", "0", "1", "true", "TRUE", "yes", "on", "no", "off",
+                                   "false"])
+def test_exporter_inspect_is_off_exactly_when_the_workers_sign(value: str) -> None:
+    # The settings parse DEMO_SIGNING with env_flag; the exporter its variables with _env_bool.
+    settings = (PROJ / "proj" / "settings.py").read_text()
+    assert 'DEMO_SIGNING = env_flag(ENV, "DEMO_SIGNING")' in settings
+    env_flag = _envconfig().env_flag
+    stack = load_compose({"DEMO_SIGNING": value})
+    signing = {env_flag(stack.environment(name), "DEMO_SIGNING")
+               for name in stack.services_with_target("app") if name != "certs"}
+    assert len(signing) == 1, f"DEMO_SIGNING={value!r}: the app services disagree"
+    assert exporter_config(stack).inspect is not signing.pop(), (
+        f"DEMO_SIGNING={value!r}: signing workers refuse the exporter's inspect broadcast")
+
+
+def test_certs_service_makes_the_key_pair_the_signing_services_load(
+        compose: Compose, tmp_path: Path) -> None:
+    """The certs command as compose runs it (its environment, the volume as a directory),
+    twice as two `up`s would; then each app service's Celery app with signing on."""
+    mount = _certs_mount(compose)
+    signing_on = load_compose(SIGNING_ON)
+    volume = tmp_path / mount.source
+
+    def local(value: str) -> str:
+        return str(volume) if value == mount.target else value
+
+    def run(name: str, code: str, argv: list[str] | None = None) -> str:
+        env = {key: local(value) for key, value in signing_on.environment(name).items()}
+        return run_in_proj(code, env, argv)
+
+    command = [local(token) for token in signing_on.command("certs")]
+    assert command[0] == "python"
+    run("certs", "", command[1:])
+    key = (volume / "worker.key").read_bytes()
+    assert "kept" in run("certs", "", command[1:])
+    assert (volume / "worker.key").read_bytes() == key, "a second `up` replaced the key"
+
+    code = "from proj.celery import app; print(app.conf.task_serializer, app.conf.security_key)"
+    for name in signing_on.services_with_target("app"):
+        if name != "certs":
+            assert run(name, code).split() == ["auth", str(volume / "worker.key")], name
+
+
+def _owned_paths(run: str) -> dict[str, str]:
+    """Paths a RUN makes or hands over (`install -d -o USER`, `chown USER`), and their owner."""
+    owned: dict[str, str] = {}
+    for command in re.split(r"&&|\|\||;", run):
+        tokens = shlex.split(command)
+        if tokens[:1] == ["install"] and "-d" in tokens and "-o" in tokens:
+            values = {i + 1 for i, token in enumerate(tokens) if token in ("-o", "-g", "-m")}
+            owner = tokens[tokens.index("-o") + 1]
+            paths = [t for i, t in enumerate(tokens) if i and i not in values
+                     and not t.startswith("-")]
+        elif tokens[:1] == ["chown"]:
+            arguments = [t for t in tokens[1:] if not t.startswith("-")]
+            owner, paths = arguments[0].split(":")[0], arguments[1:]
+        else:
+            continue
+        owned.update(dict.fromkeys(paths, owner))
+    return owned
+
+
+def test_app_image_owns_its_named_volume_mount_points(compose: Compose) -> None:
+    # A fresh named volume takes the owner of the image's directory at the mount point: a
+    # directory the image lacks comes out root's, and the non-root processes cannot write it.
+    stages = dockerfile_stages()
+    instructions = [i for stage in reversed(_stage_chain(stages, "app"))
+                    for i in stage.instructions]
+    users = [index for index, (keyword, _) in enumerate(instructions) if keyword == "USER"]
+    user = instructions[users[-1]][1].split(":")[0]
+    owned: dict[str, str] = {}
+    for keyword, args in instructions[:users[-1]]:  # as root, before the final USER
+        if keyword == "RUN":
+            owned.update(_owned_paths(args))
+    targets = {m.target for name in compose.services_with_target("app")
+               for m in compose.mounts(name) if not m.bind}
+    assert targets, "no named volumes in the app services"
+    for target in sorted(targets):
+        assert owned.get(target) == user, (
+            f"Dockerfile app stage: create {target} owned by {user} before `USER {user}`")
 
 
 # --- Prometheus, Alertmanager, Grafana ---------------------------------------------------------

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from proj.signing import generate_demo_certs
+from proj.signing import CertPaths, generate_demo_certs
 
 
 class Command(BaseCommand):
@@ -15,8 +15,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dir", type=Path, default=None)
         parser.add_argument("--days", type=int, default=365)
+        # docker compose runs this on every `up`: a new key would not match the certificate
+        # the running workers verify with.
+        parser.add_argument("--keep", action="store_true",
+                            help="leave an existing key pair alone instead of replacing it")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        directory = opts["dir"] or settings.DEMO_CERTS_DIR
+        directory = Path(opts["dir"] or settings.DEMO_CERTS_DIR)
+        if opts["keep"] and not CertPaths.in_dir(directory).missing():
+            self.stdout.write(f"kept the existing key pair in {directory}/ (--keep)")
+            return
         paths = generate_demo_certs(directory, days=opts["days"])
         self.stdout.write(f"key {paths.key}\ncertificate {paths.cert}\nstore {paths.store}/")
