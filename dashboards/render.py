@@ -34,7 +34,9 @@ def query_range(prometheus: str, expr: str, start: float, end: float, step: floa
 
 
 def _legend(fmt: str | None, metric: Mapping[str, str]) -> str:
-    if not fmt or not _LEGEND.search(fmt):
+    if fmt and not _LEGEND.search(fmt):
+        return fmt
+    if not fmt:
         inner = ", ".join(f"{k}={v}" for k, v in sorted(metric.items()) if k != "__name__")
         return inner or "value"
     return _LEGEND.sub(lambda m: metric.get(m.group(1), ""), fmt)
@@ -95,9 +97,17 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
         if panel.get("type") == "stat":
             ax.set_xticks([])
             ax.set_yticks([])
-            last = [pts[-1][1] for _, pts in series if pts]
-            text = " / ".join(_format(v, unit) for v in last[:3]) if last else "No data"
-            ax.text(0.5, 0.45, text, color=PALETTE[0] if last else TEXT, fontsize=18,
+            last = [(label, pts[-1][1]) for label, pts in series if pts][:3]
+            if len(last) > 1:  # Grafana's value_and_name: each value under its legend
+                pairs = [f"{label} {_format(v, unit)}" for label, v in last]
+                # Narrow panels stack the pairs, as Grafana does.
+                wide = (panel.get("gridPos") or {}).get("w", 24) * 6 >= sum(map(len, pairs))
+                text = "   ".join(pairs) if wide else "\n".join(pairs)
+                size = 12 if wide else 9
+            else:
+                text = _format(last[0][1], unit) if last else "No data"
+                size = 18
+            ax.text(0.5, 0.45, text, color=PALETTE[0] if last else TEXT, fontsize=size,
                     ha="center", va="center", transform=ax.transAxes, weight="bold")
             continue
         if panel.get("type") == "table":
