@@ -123,6 +123,11 @@ class Q:
         expr = f"sum{grouping}({self.rate(self.m(metric, *extra))})"
         return f"{expr} or on () vector(0)" if metric in ZERO_WHEN_ABSENT else expr
 
+    def workers_lost(self, *extra: str) -> str:
+        """Workers down without a goodbye (crashed, not deployed away): the ones that page."""
+        return (f"sum((1 - {self.m(m.WORKER_UP, *extra)}) unless "
+                f"{self.m(m.WORKER_CLEAN_SHUTDOWN, *extra)} == 1)")
+
     def quantile(self, q: float, metric: Metric, *extra: str, by: Iterable[str] = ()) -> str:
         labels = ", ".join((*by, "le"))
         bucket = self.m(metric, *extra, suffix="_bucket")

@@ -62,10 +62,11 @@ def build(opts: Options) -> g.Dashboard:
         stat("Workers up", [(f"sum({q.m(m.WORKER_UP)})", "")], unit=COUNT,
              thresholds=steps(("red", None), ("green", 1)),
              description="Workers whose heartbeats arrive."),
-        stat("Workers down", [(f"sum(1 - {q.m(m.WORKER_UP)})", "")], unit=COUNT,
+        stat("Workers lost", [(q.workers_lost(), "")], unit=COUNT,
              thresholds=steps(("green", None), ("red", 1)),
-             description="Workers that stopped heartbeating or went offline in the last "
-                         "--worker-down-retention (10 minutes by default)."),
+             description="Workers that stopped heartbeating without a goodbye (a crash, not a "
+                         "deploy) in the last --worker-down-retention (10 minutes by "
+                         "default). Workers shut down cleanly are on the Workers dashboard."),
         stat("Messages queued", [(f"sum({queue_len})", "")], unit=COUNT,
              thresholds=steps(("green", None), ("orange", 100), ("red", 1000)),
              description="Messages waiting in broker queues, all queues."),
@@ -114,9 +115,11 @@ def build(opts: Options) -> g.Dashboard:
         timeseries("Queue length", [(queue_len, "{{queue}}")], unit=COUNT, w=8,
                    description="Messages waiting in each broker queue (probe)."),
         timeseries("Workers", [(f"sum({q.m(m.WORKER_UP)})", "up"),
-                               (f"sum(1 - {q.m(m.WORKER_UP)})", "down")],
+                               (q.workers_lost(), "lost"),
+                               (f"sum({q.m(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
                    unit=COUNT, w=8, step=True,
-                   description="Live workers and workers recently lost."),
+                   description="Live workers, workers recently lost (crashed) and workers "
+                               "recently shut down cleanly (deploys, scale-in)."),
         timeseries("Worker task slots", [
             (f"sum({q.m(m.WORKER_TASKS_ACTIVE)})", "active"),
             (f"sum({q.m(m.WORKER_TASKS_PREFETCHED)})", "prefetched"),

@@ -41,9 +41,7 @@ def build(opts: Options) -> g.Dashboard:
              thresholds=steps(("red", None), ("green", 1)),
              description="Workers whose heartbeats arrive."),
         stat("Workers down",
-             [(f"sum((1 - {gauge(m.WORKER_UP)}) unless {gauge(m.WORKER_CLEAN_SHUTDOWN)} == 1)",
-               "lost"),
-              (f"sum({gauge(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
+             [(q.workers_lost(w), "lost"), (f"sum({gauge(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
              unit=COUNT, w=4, thresholds=steps(("green", None), ("red", 1)),
              description="Workers down within --worker-down-retention (default 10 minutes), "
                          "after which their series are removed: lost (heartbeats stopped "
