@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import celery
 import kombu
@@ -24,6 +25,23 @@ from exporter import __version__
 from exporter import metrics as m
 from exporter.pipeline import Pipeline
 from exporter.probes import ProbeResults
+
+
+@dataclass(slots=True)
+class _WorkerGroup:
+    """The nodes behind one worker label, summed (node counts are ints)."""
+
+    nodes: int = 0
+    up: float = 0.0
+    active: float = 0.0
+    prefetched: float = 0.0
+    scheduled: float = 0.0
+    last_seen: float = 0.0
+    pool: float = 0.0
+    limit: float = 0.0
+    probed: int = 0
+    events_missing: bool = False
+    said_goodbye: int = 0
 
 
 class CeleryCollector:
@@ -149,35 +167,37 @@ class CeleryCollector:
         clean = self._gauge(m.WORKER_CLEAN_SHUTDOWN)
         # Worker gauges are per node: with grouped worker labels several nodes share a
         # label, so their values add up (and `up` counts live nodes).
-        rows: dict[str, list[float]] = {}
+        groups: dict[str, _WorkerGroup] = {}
         for (label, _host, is_up, act, pre, sch, last, ver, ident, system, size, plimit, miss,
              _queues, goodbye) in workers:
-            row = rows.setdefault(label, [0.0] * 11)
-            row[0] += 1.0 if is_up else 0.0
-            row[1] += (act or 0) if is_up else 0
-            row[2] += max(pre, 0)
-            row[3] += max(sch, 0)
-            row[4] = max(row[4], last)
-            row[5] += size or 0
-            row[6] += plimit or 0
-            row[7] = max(row[7], 1.0 if miss and is_up else 0.0)
-            row[8] += 1.0 if size is not None else 0.0
-            row[9] += 1.0  # nodes
-            row[10] += 1.0 if goodbye and not is_up else 0.0
+            g = groups.get(label)
+            if g is None:
+                g = groups[label] = _WorkerGroup()
+            g.nodes += 1
+            g.up += 1.0 if is_up else 0.0
+            g.active += (act or 0) if is_up else 0
+            g.prefetched += max(pre, 0)
+            g.scheduled += max(sch, 0)
+            g.last_seen = max(g.last_seen, last)
+            g.pool += size or 0
+            g.limit += plimit or 0
+            g.probed += size is not None
+            g.events_missing = g.events_missing or bool(miss and is_up)
+            g.said_goodbye += bool(goodbye and not is_up)
             if ver or ident or system:
                 info.add_metric([label, ver, ident, system, *static], 1)
-        for label, row in sorted(rows.items()):
+        for label, g in sorted(groups.items()):
             key = [label, *static]
-            up.add_metric(key, row[0])
-            active.add_metric(key, row[1])
-            prefetched.add_metric(key, row[2])
-            scheduled.add_metric(key, row[3])
-            seen.add_metric(key, row[4])
-            events_missing.add_metric(key, row[7])
-            clean.add_metric(key, 1.0 if row[10] == row[9] else 0.0)
-            if row[8]:
-                pool.add_metric(key, row[5])
-                limit.add_metric(key, row[6])
+            up.add_metric(key, g.up)
+            active.add_metric(key, g.active)
+            prefetched.add_metric(key, g.prefetched)
+            scheduled.add_metric(key, g.scheduled)
+            seen.add_metric(key, g.last_seen)
+            events_missing.add_metric(key, 1.0 if g.events_missing else 0.0)
+            clean.add_metric(key, 1.0 if g.said_goodbye == g.nodes else 0.0)
+            if g.probed:
+                pool.add_metric(key, g.pool)
+                limit.add_metric(key, g.limit)
         yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing,
                     clean)
 
