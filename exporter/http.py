@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import gzip
 import html
+import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, generate_latest
@@ -17,44 +19,59 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from exporter import __version__
 from exporter.collector import generate_text
 from exporter.webconfig import WebConfig
+from exporter.webgate import ConnectionGate, Limits
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
 
 
-class ExporterServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ExporterServer(HTTPServer):
+    """Binds and listens like http.server; connections go through a ConnectionGate (see
+    exporter/webgate.py) instead of a thread each."""
+
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: bursts of scrapes and reconnects
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
                  readiness: Readiness, web: WebConfig | None = None,
-                 protect_health: bool = False, about: str = "") -> None:
+                 protect_health: bool = False, about: str = "",
+                 limits: Limits | None = None) -> None:
         self.registry = registry
         self.readiness = readiness
         self.web = web or WebConfig()
         self.protect_health = protect_health
         self.about = about
         super().__init__(address, Handler)
-        if self.web.tls is not None:
-            # The handshake runs in the request thread, so a slow client cannot stall accept().
-            self.socket = self.web.tls.wrap_socket(self.socket, server_side=True,
-                                                   do_handshake_on_connect=False)
+        self.gate = ConnectionGate(self.socket, self.web.tls, limits or Limits(),
+                                   self._answer)
+
+    def _answer(self, sock: socket.socket, addr: tuple, head: bytes) -> None:
+        self.RequestHandlerClass(_Request(sock, head), addr, self)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self.gate.serve_forever()
+
+    def shutdown(self) -> None:
+        self.gate.shutdown()
+
+
+class _Request(NamedTuple):
+    """A connection whose request head the gate has already read."""
+
+    sock: socket.socket
+    head: bytes
 
 
 class Handler(BaseHTTPRequestHandler):
     server: ExporterServer
+    request: _Request  # type: ignore[assignment]
     server_version = f"celery-events-exporter/{__version__}"
-    timeout = 30
 
     def setup(self) -> None:
-        super().setup()
-        if self.server.web.tls is not None:
-            try:
-                self.connection.do_handshake()
-            except (OSError, ValueError) as exc:
-                log.debug("TLS handshake failed: %s", exc)
-                raise
+        self.connection = self.request.sock
+        self.rfile = io.BytesIO(self.request.head)
+        self.wfile = self.connection.makefile("wb")
 
     def log_message(self, format: str, *args: object) -> None:
         # Scrapes every few seconds would drown the log; failures are logged where they happen.
@@ -75,14 +92,8 @@ class Handler(BaseHTTPRequestHandler):
         web = self.server.web
         if not web.auth_required:
             return True
-        header = self.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                user = password = ""
-            if user and web.check(user, password):
-                return True
+        if web.auth.check_header(self.headers.get("Authorization", "")):
+            return True
         self._send(401, b"Unauthorized\n",
                    headers={"WWW-Authenticate": 'Basic realm="celery-events-exporter"'})
         return False

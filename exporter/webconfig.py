@@ -3,120 +3,170 @@
     tls_server_config:
       cert_file: server.crt
       key_file: server.key
-      client_auth_type: RequireAndVerifyClientCert   # optional
-      client_ca_file: ca.crt                         # optional
+      client_auth_type: RequireAndVerifyClientCert   # optional, default NoClientCert
+      client_ca_file: ca.crt                         # with VerifyClientCertIfGiven /
+                                                     # RequireAndVerifyClientCert
       min_version: TLS12                             # optional
+      max_version: TLS13                             # optional
     basic_auth_users:
       alice: $2y$10$...   # bcrypt hash (htpasswd -nBC 10 alice)
+
+client_auth_type means what it means for exporter-toolkit (Go's tls.ClientAuthType):
+    NoClientCert                no certificate asked for
+    RequestClientCert           asked for, not required, not verified
+    RequireAnyClientCert        required, not verified    (alias: RequireClientCert)
+    VerifyClientCertIfGiven     not required; verified against client_ca_file if sent
+    RequireAndVerifyClientCert  required and verified against client_ca_file
+Only the last one authenticates clients by itself. Refused at start, each with an error
+naming the key: a client_ca_file that would verify nothing (with NoClientCert, as
+exporter-toolkit refuses it, and with the two unverified types), and a verifying type
+without client_ca_file (Go would fall back to the system's web CAs, which cannot be meant
+for scrapers).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bcrypt
 import yaml
 
+from exporter import tlsverify
 from exporter.config import ConfigError
+from exporter.webauth import BasicAuth, cost
 
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+FLAG = "--web-config-file"
+
+# client_auth_type -> (verify_mode, verified): the unverified ones go through tlsverify.
+_CLIENT_AUTH: dict[str, tuple[ssl.VerifyMode, bool]] = {
+    "NoClientCert": (ssl.CERT_NONE, False),
+    "RequestClientCert": (ssl.CERT_OPTIONAL, False),
+    "RequireAnyClientCert": (ssl.CERT_REQUIRED, False),
+    "VerifyClientCertIfGiven": (ssl.CERT_OPTIONAL, True),
+    "RequireAndVerifyClientCert": (ssl.CERT_REQUIRED, True),
 }
+_ALIASES = {"RequireClientCert": "RequireAnyClientCert"}  # exporter-toolkit keeps it too
 _VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
              "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
+             "max_version"}
 
 
 @dataclass
 class WebConfig:
     tls: ssl.SSLContext | None = None
+    client_auth_type: str = "NoClientCert"
     users: dict[str, bytes] = field(default_factory=dict)
-    _ok: set[bytes] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    auth: BasicAuth = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.auth = BasicAuth(self.users)
 
     @property
     def auth_required(self) -> bool:
-        return bool(self.users)
+        return self.auth.required
 
     def check(self, user: str, password: str) -> bool:
-        """bcrypt costs ~50 ms by design, so a verified pair is remembered (as a digest)."""
-        hashed = self.users.get(user)
-        if hashed is None:
-            # Spend the same time as a real check so user names cannot be probed.
-            bcrypt.checkpw(password.encode(), _DUMMY)
-            return False
-        token = hashlib.sha256(hashed + b"\0" + password.encode()).digest()
-        with self._lock:
-            if any(hmac.compare_digest(token, seen) for seen in self._ok):
-                return True
-        if not bcrypt.checkpw(password.encode(), hashed):
-            return False
-        with self._lock:
-            if len(self._ok) > 1000:
-                self._ok.clear()
-            self._ok.add(token)
-        return True
-
-
-_DUMMY = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4))
+        return self.auth.check(user, password)
 
 
 def load(path: str) -> WebConfig:
-    flag = "--web-config-file"
     try:
         doc = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{FLAG}: cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{flag}: {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{FLAG}: {path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{flag}: {path} must be a mapping")
+        raise ConfigError(f"{FLAG}: {path} must be a mapping")
     unknown = set(doc) - {"tls_server_config", "basic_auth_users", "http_server_config"}
     if unknown:
-        raise ConfigError(f"{flag}: unknown keys {sorted(unknown)}")
-    config = WebConfig()
+        raise ConfigError(f"{FLAG}: unknown keys {sorted(unknown)}")
+    users = _users(doc.get("basic_auth_users") or {})
     tls = doc.get("tls_server_config")
-    if tls:
-        config.tls = _tls_context(tls, Path(path).parent, flag)
-    users = doc.get("basic_auth_users") or {}
+    if not tls:
+        return WebConfig(users=users)
+    if not isinstance(tls, dict):
+        raise ConfigError(f"{FLAG}: tls_server_config must be a mapping")
+    auth_type = _client_auth_type(tls)
+    return WebConfig(tls=_tls_context(tls, auth_type, Path(path).parent),
+                     client_auth_type=auth_type, users=users)
+
+
+def _users(users: object) -> dict[str, bytes]:
     if not isinstance(users, dict):
-        raise ConfigError(f"{flag}: basic_auth_users must map user names to bcrypt hashes")
+        raise ConfigError(f"{FLAG}: basic_auth_users must map user names to bcrypt hashes")
+    out: dict[str, bytes] = {}
     for user, hashed in users.items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ConfigError(f"{flag}: the password of user {user!r} is not a bcrypt hash")
-        config.users[str(user)] = hashed.encode()
-    return config
+            raise ConfigError(f"{FLAG}: the password of user {user!r} is not a bcrypt hash")
+        try:
+            cost(hashed.encode())
+        except ValueError:
+            raise ConfigError(f"{FLAG}: the password of user {user!r} is not a bcrypt hash "
+                              "(no cost factor)") from None
+        out[str(user)] = hashed.encode()
+    return out
 
 
-def _tls_context(tls: dict, base: Path, flag: str) -> ssl.SSLContext:
+def _client_auth_type(tls: dict) -> str:
+    auth = str(tls.get("client_auth_type") or "NoClientCert")
+    auth = _ALIASES.get(auth, auth)
+    if auth not in _CLIENT_AUTH:
+        raise ConfigError(f"{FLAG}: client_auth_type {auth!r} is not one of "
+                          f"{', '.join(_CLIENT_AUTH)}")
+    has_ca = bool(tls.get("client_ca_file"))
+    verified = _CLIENT_AUTH[auth][1]
+    if verified and not has_ca:
+        raise ConfigError(f"{FLAG}: client_auth_type {auth} verifies client certificates "
+                          "and needs client_ca_file (the CA that signs them)")
+    if has_ca and not verified:
+        raise ConfigError(
+            f"{FLAG}: client_ca_file is set but client_auth_type is {auth}, which "
+            "verifies no client certificate against it; use RequireAndVerifyClientCert "
+            "(or VerifyClientCertIfGiven), or drop client_ca_file")
+    return auth
+
+
+def _version(tls: dict, key: str, default: str) -> ssl.TLSVersion:
+    name = str(tls.get(key) or default)
+    if name not in _VERSIONS:
+        raise ConfigError(f"{FLAG}: {key} {name!r} is not one of {', '.join(_VERSIONS)}")
+    return _VERSIONS[name]
+
+
+def _tls_context(tls: dict, auth: str, base: Path) -> ssl.SSLContext:
+    unknown = set(tls) - _TLS_KEYS
+    if unknown:
+        # Silently ignoring e.g. client_allowed_sans would leave a door open that the
+        # file claims is shut.
+        raise ConfigError(f"{FLAG}: tls_server_config keys {sorted(unknown)} are not "
+                          f"supported (supported: {', '.join(sorted(_TLS_KEYS))})")
     cert, key = tls.get("cert_file"), tls.get("key_file")
     if not cert or not key:
-        raise ConfigError(f"{flag}: tls_server_config needs cert_file and key_file")
+        raise ConfigError(f"{FLAG}: tls_server_config needs cert_file and key_file")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _VERSIONS.get(str(tls.get("min_version", "TLS12")),
-                                        ssl.TLSVersion.TLSv1_2)
+    ctx.minimum_version = _version(tls, "min_version", "TLS12")
+    ctx.maximum_version = _version(tls, "max_version", "TLS13")
+    if ctx.minimum_version > ctx.maximum_version:
+        raise ConfigError(f"{FLAG}: min_version is above max_version")
     try:
         ctx.load_cert_chain(base / cert, base / key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{flag}: cannot load cert_file/key_file: {exc}") from None
-    auth = str(tls.get("client_auth_type", "NoClientCert"))
-    if auth not in _CLIENT_AUTH:
-        raise ConfigError(f"{flag}: client_auth_type {auth!r} is not one of "
-                          f"{', '.join(_CLIENT_AUTH)}")
-    ctx.verify_mode = _CLIENT_AUTH[auth]
-    if tls.get("client_ca_file"):
+        raise ConfigError(f"{FLAG}: cannot load cert_file/key_file: {exc}") from None
+    mode, verified = _CLIENT_AUTH[auth]
+    if verified:
         try:
             ctx.load_verify_locations(base / tls["client_ca_file"])
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{flag}: cannot load client_ca_file: {exc}") from None
-    elif auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"):
-        raise ConfigError(f"{flag}: client_auth_type {auth} needs client_ca_file")
+            raise ConfigError(f"{FLAG}: cannot load client_ca_file: {exc}") from None
+        ctx.verify_mode = mode
+    elif mode != ssl.CERT_NONE:
+        try:
+            tlsverify.accept_unverified(ctx, required=mode == ssl.CERT_REQUIRED)
+        except tlsverify.Unsupported as exc:
+            raise ConfigError(f"{FLAG}: client_auth_type {auth} (a client certificate "
+                              f"taken unverified) is not available with this Python's "
+                              f"ssl module ({exc}); use RequireAndVerifyClientCert") from None
     return ctx
