@@ -52,7 +52,7 @@ class BasicAuth:
         # The stand-in hash for unknown users is made once, at the highest configured cost
         # (a user list mixing costs times like its most expensive entry).
         self.dummy_cost = max((cost(h) for h in self.users.values()), default=4)
-        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(self.dummy_cost))
+        self.dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(self.dummy_cost))
         self._ok: set[bytes] = set()
         self._lock = threading.Lock()
 
@@ -72,7 +72,7 @@ class BasicAuth:
             return False
         hashed = self.users.get(user)
         if hashed is None:
-            bcrypt.checkpw(secret, self._dummy)
+            bcrypt.checkpw(secret, self.dummy)
             return False
         token = hashlib.sha256(hashed + b"\0" + secret).digest()
         with self._lock:

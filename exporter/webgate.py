@@ -72,10 +72,17 @@ def _head_complete(buf: bytes) -> bool:
 
 
 def _reply_and_close(sock: socket.socket, status: str) -> None:
-    """Best effort from the selector thread: one non-blocking send, then close."""
+    """Best effort from the selector thread: one non-blocking send, then close. Unread
+    input is drained first: closing with bytes left unread resets the connection, and the
+    client would lose the answer."""
+    with contextlib.suppress(OSError, ValueError):
+        for _ in range(16):
+            if not sock.recv(65536):
+                break
     with contextlib.suppress(OSError, ValueError):
         sock.send(f"HTTP/1.0 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                   .encode())
+        sock.shutdown(socket.SHUT_WR)
     _close(sock)
 
 
