@@ -189,23 +189,20 @@ class ConnectionGate:
             if p.handshaking:
                 p.sock.do_handshake()  # type: ignore[attr-defined]
                 p.handshaking = False
-            while True:
-                chunk = p.sock.recv(limit + 1 - len(p.buf))
-                if not chunk:
-                    self._drop(p)
-                    return
-                p.buf += chunk
-                if _head_complete(p.buf):
-                    self._dispatch(p)
-                    return
-                if len(p.buf) > limit:
-                    self.stats["too_large"] += 1
-                    self._forget(p)
-                    _reply_and_close(p.sock, "431 Request Header Fields Too Large")
-                    return
-                # Decrypted bytes already inside the SSL object wake no selector.
-                if not (isinstance(p.sock, ssl.SSLSocket) and p.sock.pending()):
-                    return
+            # Asking for at most one byte over the limit means a TLS record is either read
+            # whole or the head is too large: no decrypted bytes wait unseen in the SSL
+            # object (they would wake no selector).
+            chunk = p.sock.recv(limit + 1 - len(p.buf))
+            if not chunk:
+                self._drop(p)
+                return
+            p.buf += chunk
+            if _head_complete(p.buf):
+                self._dispatch(p)
+            elif len(p.buf) > limit:
+                self.stats["too_large"] += 1
+                self._forget(p)
+                _reply_and_close(p.sock, "431 Request Header Fields Too Large")
         except ssl.SSLWantReadError:
             self._sel.modify(p.sock, selectors.EVENT_READ, p)
         except ssl.SSLWantWriteError:

@@ -479,3 +479,18 @@ def test_shutdown_closes_pending_connections() -> None:
     # The context manager shut the server down; the client sees the close.
     assert s.recv(16) == b""
     s.close()
+
+
+def test_tls_head_split_over_records(tmp_path: Path, pki: Pki) -> None:
+    """A head sent as many small TLS records at once is read whole (decrypted bytes left
+    inside the SSL object do not wake the selector)."""
+    web = webconfig.load(str(_tls_config(tmp_path, pki)))
+    with running(web=web, limits=Limits(header_timeout=5)) as server:
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), 10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            for piece in (b"GET /metrics HTTP/1.0\r\n", b"Host: x\r\n", b"A: b\r\n", b"\r\n"):
+                tls.sendall(piece)
+            answer = tls.recv(64)
+        assert answer.startswith(b"HTTP/1.0 200 "), answer
