@@ -82,6 +82,9 @@ def test_metrics_over_tls_with_basic_auth(tmp_path: Path, pki: Pki, promtool: st
             "not utf-8": _raw_auth(exp, "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()),
             "no colon": _raw_auth(exp, "Basic " + base64.b64encode(USER.encode()).decode()),
             "bearer": _raw_auth(exp, "Bearer " + PASSWORD),
+            # bcrypt reads 72 bytes at most; longer passwords are refused, not a traceback.
+            "80-byte password": exp.get("/metrics", auth=(USER, PASSWORD + "x" * 52)),
+            "80-byte password, unknown user": exp.get("/metrics", auth=("admin", "y" * 80)),
             "landing page": requests.get(exp.base + "/", verify=exp.verify, timeout=10),
         }
         for what, r in refused.items():
@@ -156,6 +159,53 @@ def test_mutual_tls(tmp_path: Path, pki: Pki) -> None:
             requests.get(exp.base + "/metrics", verify=exp.verify, timeout=10,
                          cert=(str(pki.server_cert), str(pki.server_key)))
         assert exp.get("/metrics").status_code == 200
+
+
+def test_slow_clients_do_not_stop_a_scrape(tmp_path: Path, pki: Pki) -> None:
+    """500 slowloris connections (half stalled before the TLS handshake, half trickling a
+    request head over TLS) against the real process; a scrape with credentials is still
+    answered within Prometheus' default scrape timeout, and the process keeps one thread
+    per worker, not one per connection."""
+    config = _web_config(tmp_path, pki)
+    with exporter(_no_broker(), "--web-config-file", str(config), "--probe-interval", "0",
+                  "--no-inspect", scheme="https", verify=str(pki.ca),
+                  auth=(USER, PASSWORD)) as exp:
+        pid = exp.proc.pid  # type: ignore[union-attr]
+        threads_before = len(list(Path(f"/proc/{pid}/task").iterdir()))
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        slow: list[socket.socket] = []
+        try:
+            for i in range(500):
+                raw = socket.create_connection(("127.0.0.1", exp.port), 10)
+                if i % 2:
+                    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+                    tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    slow.append(tls)
+                else:
+                    slow.append(raw)
+            r = exp.get("/metrics", timeout=10)  # Prometheus' default scrape_timeout
+            assert r.status_code == 200 and "celery_exporter_build_info" in r.text
+            threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
+            assert threads <= threads_before, (threads_before, threads)
+        finally:
+            for s in slow:
+                s.close()
+        assert exp.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(("tls", "message"), [
+    ({"client_auth_type": "RequireAndVerifyClientCert"}, "needs client_ca_file"),
+    ({"client_auth_type": "RequestClientCert", "client_ca_file": "ca.pem"},
+     "verifies no client certificate"),
+])
+def test_nonsense_client_auth_refused_at_start(tmp_path: Path, pki: Pki, tls: dict,
+                                               message: str) -> None:
+    config = _web_config(tmp_path, pki, tls=tls, users=False)
+    r = subprocess.run([EXPORTER, "--broker-url", _no_broker(), "--host", "127.0.0.1",
+                        "--port", str(free_port()), "--web-config-file", str(config)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--web-config-file: " in r.stderr and message in r.stderr, r.stderr
 
 
 def test_plaintext_password_in_web_config_is_refused(tmp_path: Path) -> None:
