@@ -18,6 +18,7 @@ from exporter.pipeline import Pipeline
 from exporter.probes import Probe, ProbeResults, ProbeRunner
 from exporter.state import State
 from exporter.webconfig import WebConfig
+from exporter.webgate import Limits
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ READY_EVENT_WINDOW = 120.0
 
 class Exporter:
     def __init__(self, config: Config, web: WebConfig | None = None,
-                 protect_health: bool = False) -> None:
+                 protect_health: bool = False, limits: Limits | None = None) -> None:
         self.config = config
         self.state = State(config.state)
         self.pipeline = Pipeline(self.state, config.max_message_bytes)
@@ -40,7 +41,8 @@ class Exporter:
             extra(registry=self.registry)
         self.server = ExporterServer((config.host, config.port), self.registry, self.readiness,
                                      web, protect_health,
-                                     about=f"broker {config.redacted_broker_url}")
+                                     about=f"broker {config.redacted_broker_url}",
+                                     limits=limits)
 
     @property
     def port(self) -> int:

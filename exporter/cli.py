@@ -30,6 +30,7 @@ from exporter.config import (
     worker_label_policy,
 )
 from exporter.state import StateConfig
+from exporter.webgate import Limits
 
 ENV_PREFIX = "CELERY_EVENTS_EXPORTER_"
 SUBCOMMANDS = ("run", "check", "dashboards", "rules")
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protect-health", action="store_true",
                    default=_env_bool("--protect-health", False),
                    help="require basic auth on /healthz and /readyz too")
+    g.add_argument("--web-header-timeout", type=float,
+                   default=float(_env("--web-header-timeout", 5.0)),  # type: ignore[arg-type]
+                   help="seconds a connection gets for its TLS handshake and request head "
+                        "(slow clients are closed after that; default 5)")
+    g.add_argument("--web-max-connections", type=int,
+                   default=int(_env("--web-max-connections", 1024)),  # type: ignore[arg-type]
+                   help="connections still sending their request; one more closes the oldest "
+                        "(default 1024, capped to half the open-files limit)")
     g = p.add_argument_group("metrics")
     g.add_argument("--prefix", default=_env("--prefix", m.DEFAULT_PREFIX),
                    help="metric name prefix (default celery)")
@@ -230,6 +239,15 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def web_limits(args: argparse.Namespace) -> Limits:
+    if not args.web_header_timeout > 0:
+        raise ConfigError("--web-header-timeout: must be more than 0 seconds")
+    if args.web_max_connections < 1:
+        raise ConfigError("--web-max-connections: must be at least 1")
+    return Limits(header_timeout=args.web_header_timeout,
+                  max_connections=args.web_max_connections)
+
+
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,13 +256,14 @@ def run(argv: Sequence[str]) -> int:
         from exporter import webconfig
 
         web = webconfig.load(config.web_config_file) if config.web_config_file else None
+        limits = web_limits(args)
     except ConfigError as exc:
         parser.exit(2, f"celery-events-exporter: error: {exc}\n")
     setup_logging(config.log_level)
     from exporter.app import Exporter
 
     try:
-        exporter = Exporter(config, web, protect_health=args.protect_health)
+        exporter = Exporter(config, web, protect_health=args.protect_health, limits=limits)
     except OSError as exc:
         parser.exit(1, f"celery-events-exporter: error: --host/--port: cannot listen on "
                        f"{config.host}:{config.port}: {exc.strerror}\n")

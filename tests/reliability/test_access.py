@@ -193,6 +193,23 @@ def test_slow_clients_do_not_stop_a_scrape(tmp_path: Path, pki: Pki) -> None:
         assert exp.get("/metrics").status_code == 200
 
 
+def test_web_header_timeout_and_bad_limits() -> None:
+    """The flag (here through its environment variable) sets the gate's deadline: a client
+    that stops mid-head gets 408 and is closed. Bad values stop start-up naming the flag."""
+    with exporter(_no_broker(), "--probe-interval", "0", "--no-inspect",
+                  env={"CELERY_EVENTS_EXPORTER_WEB_HEADER_TIMEOUT": "0.5"}) as exp, \
+            socket.create_connection(("127.0.0.1", exp.port), 10) as slow:
+        slow.sendall(b"GET /metrics HTTP/1.1\r\n")
+        assert slow.recv(4096).startswith(b"HTTP/1.0 408 ")
+        assert exp.get("/healthz").status_code == 200
+    for flag, value, message in (("--web-header-timeout", "0", "must be more than 0 seconds"),
+                                 ("--web-max-connections", "0", "must be at least 1")):
+        r = subprocess.run([EXPORTER, "--broker-url", _no_broker(), "--host", "127.0.0.1",
+                            "--port", str(free_port()), flag, value],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"{flag}: {message}" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(("tls", "message"), [
     ({"client_auth_type": "RequireAndVerifyClientCert"}, "needs client_ca_file"),
     ({"client_auth_type": "RequestClientCert", "client_ca_file": "ca.pem"},
