@@ -100,6 +100,7 @@ class ConnectionGate:
         self.ready: queue.Queue[tuple[socket.socket, tuple, bytes] | None] = queue.Queue()
         self.stats = {"evicted": 0, "timed_out": 0, "too_large": 0, "busy": 0}
         self._stop = threading.Event()
+        self._started = threading.Event()
         self._stopped = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
@@ -107,6 +108,9 @@ class ConnectionGate:
 
     # -- selector thread ----------------------------------------------------------------
     def serve_forever(self) -> None:
+        if self._stop.is_set():  # shut down before it ever ran
+            return
+        self._started.set()
         workers = [threading.Thread(target=self._work, name=f"http-{i}", daemon=True)
                    for i in range(self.limits.workers)]
         for w in workers:
@@ -122,7 +126,11 @@ class ConnectionGate:
                     elif key.data == "wake":
                         self._wake_r.recv(64)
                     else:
-                        self._advance(key.data)
+                        try:
+                            self._advance(key.data)
+                        except Exception:  # a bug here must not stop the whole server
+                            log.exception("connection from %s dropped", key.data.addr[0])
+                            self._drop(key.data)
                 self._expire()
         finally:
             for p in list(self.pending.values()):
@@ -132,13 +140,19 @@ class ConnectionGate:
             for w in workers:
                 w.join(self.limits.write_timeout)
             self._sel.close()
+            self._close_wake()
             self._stopped.set()
 
     def shutdown(self) -> None:
         self._stop.set()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        self._stopped.wait(self.limits.write_timeout + 5)
+        if self._started.is_set():
+            self._stopped.wait(self.limits.write_timeout + 5)
+        else:
+            self._close_wake()
+
+    def _close_wake(self) -> None:
         self._wake_r.close()
         self._wake_w.close()
 
