@@ -16,8 +16,10 @@ import gzip
 import http.client
 import logging
 import resource
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,15 +272,29 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path)
 
 
-# client_auth_type -> answered? for (no certificate, our CA's client, a stranger's cert)
+# client_auth_type -> (does the server ask for a certificate?, answered? for no
+# certificate, our CA's client, a stranger's certificate)
 MATRIX = {
-    "NoClientCert": (True, True, True),
-    "RequestClientCert": (True, True, True),
-    "RequireAnyClientCert": (False, True, True),
-    "RequireClientCert": (False, True, True),  # exporter-toolkit's old name
-    "VerifyClientCertIfGiven": (True, True, False),
-    "RequireAndVerifyClientCert": (False, True, False),
+    "NoClientCert": (False, True, True, True),
+    "RequestClientCert": (True, True, True, True),
+    "RequireAnyClientCert": (True, False, True, True),
+    "RequireClientCert": (True, False, True, True),  # exporter-toolkit's old name
+    "VerifyClientCertIfGiven": (True, True, True, False),
+    "RequireAndVerifyClientCert": (True, False, True, False),
 }
+
+
+def _asks_for_certificate(port: int, ca: Path) -> bool:
+    """Whether the server sends a CertificateRequest, as `openssl s_client` reports it
+    (Python's ssl client does not tell)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the openssl command is not installed")
+    r = subprocess.run([openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile",
+                        str(ca)], input=b"", capture_output=True, timeout=30)
+    out = r.stdout.decode(errors="replace")
+    assert "BEGIN CERTIFICATE" in out, out[-2000:]  # the handshake got that far
+    return "Requested Signature Algorithms" in out
 
 
 @pytest.mark.parametrize("auth_type", list(MATRIX))
@@ -292,6 +308,7 @@ def test_client_auth_type(tmp_path: Path, pki: Pki, auth_type: str) -> None:
                "a stranger's certificate": _self_signed_client(tmp_path)}
     answered = {}
     with running(web=web) as server:
+        answered["asks"] = _asks_for_certificate(server.server_address[1], pki.ca)
         base = f"https://127.0.0.1:{server.server_address[1]}"
         for what, cert in clients.items():
             try:
