@@ -83,6 +83,7 @@ def load(path: str) -> WebConfig:
     unknown = set(doc) - {"tls_server_config", "basic_auth_users", "http_server_config"}
     if unknown:
         raise ConfigError(f"{FLAG}: unknown keys {sorted(unknown)}")
+    _http_server_config(doc.get("http_server_config") or {})
     users = _users(doc.get("basic_auth_users") or {})
     tls = doc.get("tls_server_config")
     if not tls:
@@ -92,6 +93,18 @@ def load(path: str) -> WebConfig:
     auth_type = _client_auth_type(tls)
     return WebConfig(tls=_tls_context(tls, auth_type, Path(path).parent),
                      client_auth_type=auth_type, users=users)
+
+
+def _http_server_config(http: object) -> None:
+    """`http2` is accepted and has nothing to switch (the server speaks HTTP/1.x); extra
+    response `headers` are not implemented, and a file asking for them (HSTS, CSP, ...)
+    must not start as if they were sent."""
+    if not isinstance(http, dict):
+        raise ConfigError(f"{FLAG}: http_server_config must be a mapping")
+    unknown = set(http) - {"http2"}
+    if unknown:
+        raise ConfigError(f"{FLAG}: http_server_config keys {sorted(unknown)} are not "
+                          "supported (supported: http2)")
 
 
 def _users(users: object) -> dict[str, bytes]:

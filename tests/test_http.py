@@ -341,6 +341,16 @@ def test_nonsense_tls_config_refused(tmp_path: Path, pki: Pki, tls: dict,
     assert message in str(err.value)
 
 
+def test_http_server_config(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"http_server_config": {"http2": False}}))
+    assert not webconfig.load(str(path)).auth_required
+    path.write_text(yaml.safe_dump({"http_server_config": {
+        "http2": True, "headers": {"Strict-Transport-Security": "max-age=31536000"}}}))
+    with pytest.raises(ConfigError, match=r"http_server_config keys \['headers'\] are not"):
+        webconfig.load(str(path))
+
+
 def test_max_version_is_applied(tmp_path: Path, pki: Pki) -> None:
     web = webconfig.load(str(_tls_config(tmp_path, pki, max_version="TLS12")))
     with running(web=web) as server:
