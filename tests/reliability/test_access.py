@@ -186,7 +186,9 @@ def test_slow_clients_do_not_stop_a_scrape(tmp_path: Path, pki: Pki) -> None:
             r = exp.get("/metrics", timeout=10)  # Prometheus' default scrape_timeout
             assert r.status_code == 200 and "celery_exporter_build_info" in r.text
             threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
-            assert threads <= threads_before, (threads_before, threads)
+            # Not one per connection (the old server had 504 here); a few spare for the
+            # process' own threads (the broker reconnect loop) coming and going.
+            assert threads <= threads_before + 5, (threads_before, threads)
         finally:
             for s in slow:
                 s.close()
