@@ -44,7 +44,7 @@ class ExporterServer(HTTPServer):
         self.about = about
         super().__init__(address, Handler)
         self.gate = ConnectionGate(self.socket, self.web.tls, limits or Limits(),
-                                   self._answer)
+                                   self._answer, self.web.peer_check)
 
     def _answer(self, sock: socket.socket, addr: tuple, head: bytes) -> None:
         self.RequestHandlerClass(_Request(sock, head), addr, self)

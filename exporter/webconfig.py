@@ -8,6 +8,8 @@
                                                      # RequireAndVerifyClientCert
       min_version: TLS12                             # optional
       max_version: TLS13                             # optional
+      client_allowed_sans: [prometheus.example]      # optional, with RequireAny... /
+                                                     # RequireAndVerifyClientCert
     basic_auth_users:
       alice: $2y$10$...   # bcrypt hash (htpasswd -nBC 10 alice)
 
@@ -26,7 +28,9 @@ for scrapers).
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +54,11 @@ _ALIASES = {"RequireClientCert": "RequireAnyClientCert"}  # exporter-toolkit kee
 _VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
              "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
-             "max_version"}
+             "max_version", "client_allowed_sans"}
+# SAN matching needs a certificate on every connection (exporter-toolkit's rule too).
+_SAN_TYPES = ("RequireAnyClientCert", "RequireAndVerifyClientCert")
+
+PeerCheck = Callable[[ssl.SSLSocket], bool]
 
 
 @dataclass
@@ -58,6 +66,7 @@ class WebConfig:
     tls: ssl.SSLContext | None = None
     client_auth_type: str = "NoClientCert"
     users: dict[str, bytes] = field(default_factory=dict)
+    peer_check: PeerCheck | None = None  # client_allowed_sans, run after the handshake
     auth: BasicAuth = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +101,8 @@ def load(path: str) -> WebConfig:
         raise ConfigError(f"{FLAG}: tls_server_config must be a mapping")
     auth_type = _client_auth_type(tls)
     return WebConfig(tls=_tls_context(tls, auth_type, Path(path).parent),
-                     client_auth_type=auth_type, users=users)
+                     client_auth_type=auth_type, users=users,
+                     peer_check=_allowed_sans(tls, auth_type))
 
 
 def _http_server_config(http: object) -> None:
@@ -140,6 +150,37 @@ def _client_auth_type(tls: dict) -> str:
             "verifies no client certificate against it; use RequireAndVerifyClientCert "
             "(or VerifyClientCertIfGiven), or drop client_ca_file")
     return auth
+
+
+def _normal(value: str) -> str:
+    """IP addresses compare by value (2001:db8::1 == 2001:DB8:0:0:0:0:0:1), names as written."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return value
+
+
+def _allowed_sans(tls: dict, auth: str) -> PeerCheck | None:
+    sans = tls.get("client_allowed_sans")
+    if sans is None:
+        return None
+    if not isinstance(sans, list) or not sans or not all(isinstance(v, str) for v in sans):
+        raise ConfigError(f"{FLAG}: client_allowed_sans must be a list of DNS names, IP "
+                          "addresses, e-mail addresses or URIs")
+    if auth not in _SAN_TYPES:
+        raise ConfigError(f"{FLAG}: client_allowed_sans needs client_auth_type "
+                          f"RequireAndVerifyClientCert or RequireAnyClientCert (with {auth} a "
+                          "client may send no certificate, leaving no SAN to match)")
+    allowed = frozenset(_normal(v) for v in sans)
+
+    def check(sock: ssl.SSLSocket) -> bool:
+        # getpeercert() decodes whenever the context asks for a certificate, verified or not.
+        cert = sock.getpeercert() or {}
+        found = {_normal(str(value)) for kind, value in cert.get("subjectAltName", ())
+                 if kind in ("DNS", "IP Address", "email", "URI")}
+        return not allowed.isdisjoint(found)
+
+    return check
 
 
 def _version(tls: dict, key: str, default: str) -> ssl.TLSVersion:

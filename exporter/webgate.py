@@ -93,12 +93,15 @@ def _close(sock: socket.socket) -> None:
 
 class ConnectionGate:
     def __init__(self, listener: socket.socket, tls: ssl.SSLContext | None, limits: Limits,
-                 handle: Handle) -> None:
+                 handle: Handle,
+                 peer_check: Callable[[ssl.SSLSocket], bool] | None = None) -> None:
         self.listener, self.tls, self.limits, self.handle = listener, tls, limits, handle
+        self.peer_check = peer_check  # e.g. the client certificate's SANs, after handshake
         self.max_connections = fd_budget(limits.max_connections)
         self.pending: OrderedDict[int, _Pending] = OrderedDict()  # accept order
         self.ready: queue.Queue[tuple[socket.socket, tuple, bytes] | None] = queue.Queue()
-        self.stats = {"evicted": 0, "timed_out": 0, "too_large": 0, "busy": 0}
+        self.stats = {"evicted": 0, "timed_out": 0, "too_large": 0, "busy": 0,
+                      "peer_refused": 0}
         self._stop = threading.Event()
         self._started = threading.Event()
         self._stopped = threading.Event()
@@ -203,6 +206,12 @@ class ConnectionGate:
             if p.handshaking:
                 p.sock.do_handshake()  # type: ignore[attr-defined]
                 p.handshaking = False
+                if self.peer_check is not None and not self.peer_check(p.sock):  # type: ignore[arg-type]
+                    log.debug("client certificate from %s refused by client_allowed_sans",
+                              p.addr[0])
+                    self.stats["peer_refused"] += 1
+                    self._drop(p)
+                    return
             # Asking for at most one byte over the limit means a TLS record is either read
             # whole or the head is too large: no decrypted bytes wait unseen in the SSL
             # object (they would wake no selector).

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import gzip
 import http.client
+import ipaddress
 import logging
 import resource
 import shutil
@@ -240,19 +241,22 @@ def test_config_refuses_hash_without_cost(tmp_path: Path) -> None:
 
 # -- client_auth_type with a real TLS client ------------------------------------------------
 
-def _self_signed_client(directory: Path) -> tuple[str, str]:
+def _self_signed_client(directory: Path, name: str = "stranger",
+                        sans: list[x509.GeneralName] | None = None) -> tuple[str, str]:
     """A client certificate from a CA nobody here trusts (it signed itself)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stranger")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "stranger.pem", directory / "stranger.key"
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                              critical=False))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
@@ -328,7 +332,14 @@ def test_client_auth_type(tmp_path: Path, pki: Pki, auth_type: str) -> None:
     ({"client_auth_type": "RequestClientCert", "client_ca_file": "CA"}, "verifies no client"),
     ({"client_auth_type": "RequireAnyClientCert", "client_ca_file": "CA"}, "verifies no"),
     ({"client_auth_type": "VerifyClientCert"}, "is not one of"),
-    ({"client_allowed_sans": ["prometheus"]}, "['client_allowed_sans'] are not supported"),
+    ({"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}, "['cipher_suites'] are not supported"),
+    ({"client_allowed_sans": ["prometheus"]}, "client_allowed_sans needs client_auth_type"),
+    ({"client_auth_type": "RequestClientCert", "client_allowed_sans": ["prometheus"]},
+     "with RequestClientCert a client may send no certificate"),
+    ({"client_auth_type": "VerifyClientCertIfGiven", "client_ca_file": "CA",
+      "client_allowed_sans": ["prometheus"]}, "client_allowed_sans needs"),
+    ({"client_auth_type": "RequireAnyClientCert", "client_allowed_sans": "prometheus"},
+     "client_allowed_sans must be a list"),
     ({"min_version": "TLS14"}, "min_version 'TLS14' is not one of"),
     ({"min_version": "TLS13", "max_version": "TLS12"}, "min_version is above max_version"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}" for k in v))
@@ -339,6 +350,34 @@ def test_nonsense_tls_config_refused(tmp_path: Path, pki: Pki, tls: dict,
     with pytest.raises(ConfigError, match=r"^--web-config-file: ") as err:
         webconfig.load(str(_tls_config(tmp_path, pki, **tls)))
     assert message in str(err.value)
+
+
+def test_client_allowed_sans(tmp_path: Path, pki: Pki) -> None:
+    web = webconfig.load(str(_tls_config(
+        tmp_path, pki, client_auth_type="RequireAnyClientCert",
+        client_allowed_sans=["prometheus.example", "2001:db8::1"])))
+    clients = {
+        "allowed DNS name": ([x509.DNSName("prometheus.example")], True),
+        "allowed IP, written out in full": (
+            [x509.IPAddress(ipaddress.ip_address("2001:db8:0:0:0:0:0:1"))], True),
+        "allowed name among others": (
+            [x509.DNSName("a.example"), x509.DNSName("prometheus.example")], True),
+        "another DNS name": ([x509.DNSName("grafana.example")], False),
+        "no SAN at all": (None, False),
+    }
+    answered = {}
+    with running(web=web) as server:
+        base = f"https://127.0.0.1:{server.server_address[1]}"
+        for i, (what, (sans, _)) in enumerate(clients.items()):
+            cert = _self_signed_client(tmp_path, f"client{i}", sans)
+            try:
+                r = requests.get(base + "/metrics", verify=str(pki.ca), cert=cert,
+                                 timeout=SCRAPE_TIMEOUT)
+                answered[what] = r.status_code == 200
+            except (requests.exceptions.SSLError, requests.exceptions.ConnectionError):
+                answered[what] = False
+        assert server.gate.stats["peer_refused"] == 2
+    assert answered == {what: ok for what, (_, ok) in clients.items()}
 
 
 def test_http_server_config(tmp_path: Path) -> None:
