@@ -56,6 +56,21 @@ class ExporterServer(HTTPServer):
         self.gate.shutdown()
 
 
+class _SendAll(io.RawIOBase):
+    """wfile for the handler: each write is one sendall, so the socket timeout bounds the
+    whole write (a client reading a byte now and then cannot hold a worker for long)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.sock.sendall(data)
+        return len(data)
+
+
 class _Request(NamedTuple):
     """A connection whose request head the gate has already read."""
 
@@ -71,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request.sock
         self.rfile = io.BytesIO(self.request.head)
-        self.wfile = self.connection.makefile("wb")
+        self.wfile = _SendAll(self.connection)
 
     def log_message(self, format: str, *args: object) -> None:
         # Scrapes every few seconds would drown the log; failures are logged where they happen.

@@ -49,8 +49,8 @@ class Limits:
 
 
 def fd_budget(requested: int) -> int:
-    """`requested`, capped to leave room under RLIMIT_NOFILE (the client side of a
-    connection and the rest of the process need descriptors too)."""
+    """`requested`, capped to half of RLIMIT_NOFILE minus a reserve: the other half is for
+    requests being answered and everything else the process opens."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return requested

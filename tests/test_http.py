@@ -560,3 +560,42 @@ def test_tls_head_split_over_records(tmp_path: Path, pki: Pki) -> None:
                 tls.sendall(piece)
             answer = tls.recv(64)
         assert answer.startswith(b"HTTP/1.0 200 "), answer
+
+
+class Huge:
+    """One sample with a 16 MB label: an answer larger than the socket buffers."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("huge", "a large answer", labels=["pad"])
+        family.add_metric(["x" * (16 << 20)], 1)
+        yield family
+
+
+def test_trickling_reader_frees_its_worker() -> None:
+    """A client that reads a little now and then cannot hold the only worker past the write
+    deadline: the next scrape is answered."""
+    limits = Limits(workers=1, write_timeout=1.0)
+    with running(_registry(Huge()), limits=limits) as server:
+        port = server.server_address[1]
+        stop = threading.Event()
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
+        slow.sendall(b"GET /metrics HTTP/1.0\r\nAccept-Encoding: identity\r\n\r\n")
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(600):  # bounded: at most ~60 s
+                    if stop.is_set() or not slow.recv(512):
+                        return
+                    stop.wait(0.1)
+
+        reader = threading.Thread(target=trickle)
+        reader.start()
+        try:
+            status, _, body = _get(port, "/healthz")
+            assert status == 200 and body == b"ok\n"
+        finally:
+            stop.set()
+            reader.join(SCRAPE_TIMEOUT)
+            slow.close()
