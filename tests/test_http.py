@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -571,24 +572,28 @@ class Huge:
         yield family
 
 
-def test_trickling_reader_frees_its_worker() -> None:
-    """A client that reads a little now and then cannot hold the only worker past the write
-    deadline: the next scrape is answered."""
+def test_slow_reader_is_cut_off_at_the_write_deadline() -> None:
+    """A client that keeps reading, but slowly (at most 256 KiB per 50 ms: the 16 MB answer
+    would take over 2 s beyond what the socket buffers hold), is cut off at the 1 s write
+    deadline instead of holding the only worker, and the next request is answered."""
     limits = Limits(workers=1, write_timeout=1.0)
     with running(_registry(Huge()), limits=limits) as server:
         port = server.server_address[1]
-        stop = threading.Event()
         slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
         slow.connect(("127.0.0.1", port))
+        slow.settimeout(SCRAPE_TIMEOUT)
         slow.sendall(b"GET /metrics HTTP/1.0\r\nAccept-Encoding: identity\r\n\r\n")
+        received: list[int] = []
 
         def trickle() -> None:
             with contextlib.suppress(OSError):
-                for _ in range(600):  # bounded: at most ~60 s
-                    if stop.is_set() or not slow.recv(512):
+                for _ in range(1200):  # bounded: at most ~60 s
+                    chunk = slow.recv(1 << 18)
+                    if not chunk:
                         return
-                    stop.wait(0.1)
+                    received.append(len(chunk))
+                    time.sleep(0.05)
 
         reader = threading.Thread(target=trickle)
         reader.start()
@@ -596,6 +601,7 @@ def test_trickling_reader_frees_its_worker() -> None:
             status, _, body = _get(port, "/healthz")
             assert status == 200 and body == b"ok\n"
         finally:
-            stop.set()
-            reader.join(SCRAPE_TIMEOUT)
+            reader.join(60)
             slow.close()
+        assert not reader.is_alive()  # the server closed the connection
+        assert 0 < sum(received) < 16 << 20  # ... before the whole answer was sent
