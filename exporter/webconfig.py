@@ -125,10 +125,12 @@ def _users(users: object) -> dict[str, bytes]:
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise ConfigError(f"{FLAG}: the password of user {user!r} is not a bcrypt hash")
         try:
-            cost(hashed.encode())
+            rounds = cost(hashed.encode())
         except ValueError:
+            rounds = 0
+        if not 4 <= rounds <= 31:  # bcrypt's range; outside it no password can match
             raise ConfigError(f"{FLAG}: the password of user {user!r} is not a bcrypt hash "
-                              "(no cost factor)") from None
+                              "(the cost factor must be 04 to 31)")
         out[str(user)] = hashed.encode()
     return out
 

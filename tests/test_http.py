@@ -233,10 +233,11 @@ def test_header_parsing() -> None:
         assert webauth.parse_header(bad) is None, bad
 
 
-def test_config_refuses_hash_without_cost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hashed", ["$2b$xx$abc", "$2b$03$abc", "$2b$32$abc"])
+def test_config_refuses_hash_without_a_valid_cost(tmp_path: Path, hashed: str) -> None:
     path = tmp_path / "web.yml"
-    path.write_text(yaml.safe_dump({"basic_auth_users": {"u": "$2b$xx$abc"}}))
-    with pytest.raises(ConfigError, match="not a bcrypt hash"):
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"u": hashed}}))
+    with pytest.raises(ConfigError, match=r"not a bcrypt hash \(the cost factor must be 04"):
         webconfig.load(str(path))
 
 
