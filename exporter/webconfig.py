@@ -76,9 +76,6 @@ class WebConfig:
     def auth_required(self) -> bool:
         return self.auth.required
 
-    def check(self, user: str, password: str) -> bool:
-        return self.auth.check(user, password)
-
 
 def load(path: str) -> WebConfig:
     try:
