@@ -9,6 +9,8 @@ metrics, which is all these tests need.
 from __future__ import annotations
 
 import base64
+import contextlib
+import shutil
 import socket
 import ssl
 import subprocess
@@ -21,8 +23,8 @@ import yaml
 
 from tests.reliability.conftest import promtool_check
 from tests.support.certs import Pki, make_pki
-from tests.support.procs import EXPORTER, ExporterProc, exporter
-from tests.support.servers import free_port
+from tests.support.procs import EXPORTER, ExporterProc, exporter, wait_until
+from tests.support.servers import free_port, stop_proc
 
 USER, PASSWORD = "prometheus", "correct horse battery staple"
 HTPASSWD_USER, HTPASSWD_PASSWORD = "htpasswd", "s3cret-from-htpasswd"
@@ -225,6 +227,59 @@ def test_nonsense_client_auth_refused_at_start(tmp_path: Path, pki: Pki, tls: di
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "--web-config-file: " in r.stderr and message in r.stderr, r.stderr
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_prometheus_scrapes_over_mutual_tls_with_basic_auth(tmp_path: Path, pki: Pki) -> None:
+    """A real Prometheus (Go's TLS client) scrapes through the connection gate with a client
+    certificate and a password; the same job without the certificate is refused."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:  # fail, not skip: interoperability is the point
+        pytest.fail("prometheus is not installed (apt-get install prometheus)")
+    config = _web_config(tmp_path, pki, tls={"client_auth_type": "RequireAndVerifyClientCert",
+                                             "client_ca_file": pki.ca.name})
+    with exporter(_no_broker(), "--web-config-file", str(config), "--probe-interval", "0",
+                  "--no-inspect", scheme="https", verify=str(pki.ca), auth=(USER, PASSWORD),
+                  cert=(str(pki.client_cert), str(pki.client_key))) as exp:
+        job = {"scrape_interval": "1s", "scrape_timeout": "1s", "scheme": "https",
+               "static_configs": [{"targets": [f"127.0.0.1:{exp.port}"]}],
+               "basic_auth": {"username": USER, "password": PASSWORD}}
+        tls = {"ca_file": str(pki.ca), "server_name": "127.0.0.1"}
+        prom_config = tmp_path / "prometheus.yml"
+        prom_config.write_text(yaml.safe_dump({"scrape_configs": [
+            {**job, "job_name": "mtls", "tls_config": {
+                **tls, "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}},
+            {**job, "job_name": "no-cert", "tls_config": tls},
+        ]}))
+        port = free_port()
+        proc = subprocess.Popen([prometheus, f"--config.file={prom_config}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def targets() -> dict[str, dict]:
+                r = requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10)
+                return {t["labels"]["job"]: t for t in r.json()["data"]["activeTargets"]}
+
+            def scraped() -> dict[str, dict] | None:
+                with contextlib.suppress(requests.exceptions.RequestException, KeyError):
+                    found = targets()
+                    if {job: t["health"] for job, t in found.items()} == {
+                            "mtls": "up", "no-cert": "down"}:
+                        return found
+                return None
+
+            found = wait_until(scraped, 60, what="Prometheus to scrape both jobs")
+            assert found["mtls"]["lastError"] == ""
+            print(f"\nPrometheus: mtls job up; no-cert job down: "
+                  f"{found['no-cert']['lastError']}")
+            assert "certificate" in found["no-cert"]["lastError"], found["no-cert"]
+            r = requests.get(f"http://127.0.0.1:{port}/api/v1/query", timeout=10,
+                             params={"query": 'celery_exporter_broker_connected{job="mtls"}'})
+            assert r.json()["data"]["result"][0]["value"][1] == "0"
+        finally:
+            stop_proc(proc)
 
 
 def test_plaintext_password_in_web_config_is_refused(tmp_path: Path) -> None:
