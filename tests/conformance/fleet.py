@@ -50,10 +50,11 @@ class VersionWorker:
     version: str
     queues: tuple[str, ...]
     proc: Proc | None = None
+    alias: str = ""  # node name instead of v<version>, for a second worker of a version
 
     @property
     def name(self) -> str:
-        return worker_name(self.version)
+        return self.alias or worker_name(self.version)
 
     @property
     def node(self) -> str:

@@ -10,24 +10,20 @@ consumers being equally wrong (or equally blind) fails too.
 from __future__ import annotations
 
 import signal
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conformance.compare import disagreements
+from tests.conformance.checks import DONE, agree, finished, states, wait_for
 from tests.conformance.conftest import Fleet
 from tests.conformance.fleet import VERSIONS, pinned, worker_name
-from tests.conformance.reference import Reference, Snapshot
-from tests.integration.harness import DEADLINE, producer
+from tests.integration.harness import producer
 
 pytestmark = pytest.mark.slow
 
 ADD, FAIL, SLEEP = "tests.add", "tests.fail", "tests.sleep"
 AUTORETRY, REJECT = "conf.autoretry", "conf.reject"
-DONE = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # Celery 5.7 also sends task-failed before task-rejected for Reject(requeue=False) (it records
 # a FAILURE result, celery#4222); earlier versions send task-rejected alone.
 REJECT_ALSO_FAILS = frozenset(v for v in ("5.7",))
@@ -36,44 +32,6 @@ HELD_COUNTDOWN = 8.0
 RESTART_LOAD = 12
 # Long enough for a worker to receive the message under load before it expires.
 EXPIRES = 6.0
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout: float = DEADLINE,
-             detail: Callable[[], object] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} {detail()}")
-        time.sleep(0.1)
-
-
-def states(ref: Reference, ids: list[str]) -> list[str | None]:
-    return [ref.task_state(i) for i in ids]
-
-
-def finished(ref: Reference, ids: list[str], rejected: list[str]) -> bool:
-    # State keeps a rejected task STARTED (REJECTED ranks below STARTED in its precedence),
-    # so Reject tasks are done once their task-rejected has arrived.
-    return set(states(ref, ids)) <= DONE and \
-        all("task-rejected" in ref.kinds(i) for i in rejected)
-
-
-def agree(fleet: Fleet, timeout: float = DEADLINE) -> Snapshot:
-    """Scrape until the exporter says what the reference saw; fail with the differences."""
-    ref, exp = fleet.reference, fleet.exporter
-    deadline = time.monotonic() + timeout
-    while True:
-        before = ref.snapshot()
-        metrics = exp.scrape()
-        after = ref.snapshot()
-        problems = disagreements(metrics, before, after)
-        if not problems:
-            return after
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                "the exporter disagrees with Celery's State:\n  " + "\n  ".join(problems)
-                + f"\nreference duplicates: {after.duplicates}\n{fleet.procs.logs()}")
-        time.sleep(0.5)
 
 
 def per_version_expected(versions: tuple[str, ...]) -> Counter:
