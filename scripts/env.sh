@@ -54,7 +54,6 @@ ensure_worker_venvs() {
     echo "== building the Celery $version worker venv ($dir)"
     rm -rf "$dir"
     "$py" -m venv "$dir"
-    "$dir/bin/pip" install -q --upgrade pip >/dev/null
     "$dir/bin/pip" install -q --no-deps -r "$req"
     "$dir/bin/pip" check
     touch "$stamp"
