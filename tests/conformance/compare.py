@@ -29,6 +29,16 @@ def exporter_tasks(m: Metrics) -> Counter:
     return +out
 
 
+def exporter_by_worker(m: Metrics) -> Counter:
+    """(event type, task name, worker) -> count, for the counters labelled by worker."""
+    out: Counter = Counter()
+    for kind, metric in COUNTERS.items():
+        for s in m.series(metric):
+            if "worker" in s.labels:
+                out[(kind, s.labels.get("name", ""), s.labels["worker"])] += int(s.value)
+    return +out
+
+
 def exporter_events(m: Metrics) -> Counter:
     """Event type -> events ingested (celery_exporter_events_total)."""
     return +Counter({s.labels["type"]: int(s.value)
@@ -46,7 +56,8 @@ def diff(got: Counter, want: Counter, what: str) -> list[str]:
 
 def disagreements(m: Metrics, before: Snapshot, after: Snapshot,
                   event_types: frozenset[str] | None = None) -> list[str]:
-    """Where the exporter's scrape `m` is not what the reference saw. `before` and `after`
+    """Where the exporter's scrape `m` is not what the reference saw: per (type, task name),
+    then per worker, per event type, and live workers. `before` and `after`
     are reference snapshots taken around the scrape: a count still moving (heartbeats) agrees
     when the exporter's value lies between them; a settled one must be equal.
     `event_types` limits the per-type comparison (None: every type)."""
@@ -56,6 +67,14 @@ def disagreements(m: Metrics, before: Snapshot, after: Snapshot,
         got, lo, hi = tasks.get(key, 0), before.tasks.get(key, 0), after.tasks.get(key, 0)
         if not lo <= got <= hi:
             out.append(f"{key[0]} name={key[1]}: exporter {got}, reference {lo}..{hi}")
+    if not out:  # per worker only once the totals agree: one cause, one line
+        workers = exporter_by_worker(m)
+        for key in sorted(set(workers) | set(after.by_worker), key=str):
+            got = workers.get(key, 0)
+            lo, hi = before.by_worker.get(key, 0), after.by_worker.get(key, 0)
+            if not lo <= got <= hi:
+                out.append(f"{key[0]} name={key[1]} worker={key[2]}: exporter {got}, "
+                           f"reference {lo}..{hi}")
     events = exporter_events(m)
     for kind in sorted(set(events) | set(after.events)):
         if event_types is not None and kind not in event_types:

@@ -32,6 +32,7 @@ class Snapshot:
 
     events: Counter  # type -> every event received, duplicates included
     tasks: Counter  # (type, task name) -> count, terminal events once per task
+    by_worker: Counter  # (type, task name, worker node) -> count, for the workers' events
     alive: frozenset[str]  # State.alive_workers()
     versions: dict[str, str]  # hostname -> sw_ver from its worker events
     duplicates: int  # terminal events seen again for the same task
@@ -44,7 +45,7 @@ class Reference:
                              broker_transport_options=dict(broker.transport_options),
                              broker_connection_retry_on_startup=True)
         self.state = self.app.events.State()
-        self._seen: list[tuple[str, str | None]] = []
+        self._seen: list[tuple[str, str | None, str | None]] = []
         self._lock = threading.Lock()
         self.consuming = threading.Event()
         self.consume_starts = 0
@@ -63,7 +64,7 @@ class Reference:
     def _on_event(self, event: dict) -> None:
         with self._lock:
             self.state.event(event)
-            self._seen.append((event["type"], event.get("uuid")))
+            self._seen.append((event["type"], event.get("uuid"), event.get("hostname")))
 
     def start(self, timeout: float = 30.0) -> Reference:
         self._thread.start()
@@ -83,9 +84,10 @@ class Reference:
         with self._lock:
             events: Counter = Counter()
             tasks: Counter = Counter()
+            by_worker: Counter = Counter()
             terminal: set[tuple[str, str | None]] = set()
             duplicates = 0
-            for kind, uuid in self._seen:
+            for kind, uuid, hostname in self._seen:
                 events[kind] += 1
                 if not kind.startswith("task-"):
                     continue
@@ -95,16 +97,19 @@ class Reference:
                         continue
                     terminal.add((kind, uuid))
                 task = self.state.tasks.get(uuid) if uuid else None
-                tasks[(kind, (task.name if task is not None else None) or UNKNOWN)] += 1
+                name = (task.name if task is not None else None) or UNKNOWN
+                tasks[(kind, name)] += 1
+                if kind != "task-sent":  # sent by the producer, not a worker
+                    by_worker[(kind, name, hostname)] += 1
             alive = frozenset(w.hostname for w in self.state.alive_workers())
             versions = {w.hostname: w.sw_ver for w in self.state.workers.values()
                         if w.sw_ver}
-            return Snapshot(events, tasks, alive, versions, duplicates)
+            return Snapshot(events, tasks, by_worker, alive, versions, duplicates)
 
     def kinds(self, uuid: str) -> set[str]:
         """Every event type seen for the task `uuid`."""
         with self._lock:
-            return {kind for kind, u in self._seen if u == uuid}
+            return {kind for kind, u, _ in self._seen if u == uuid}
 
     def task_state(self, uuid: str) -> str | None:
         with self._lock:
