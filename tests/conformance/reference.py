@@ -53,8 +53,14 @@ class Reference:
         self.receiver = self.app.events.Receiver(self._conn, handlers={"*": self._on_event})
         # Counted, so a test can wait for the reconnect after a broker restart.
         self.receiver.on_consume_ready = self._on_consume_ready  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self.receiver.run, name="celery-reference",
-                                        daemon=True)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="celery-reference", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.receiver.run()
+        except BaseException as exc:  # kept for snapshot(): a dead reference must say why
+            self.error = exc
 
     def _on_consume_ready(self, connection, channel, consumers, **kwargs) -> None:
         with self._lock:
@@ -81,6 +87,8 @@ class Reference:
             time.sleep(0.1)
 
     def snapshot(self) -> Snapshot:
+        if self.error is not None:
+            raise AssertionError(f"the reference consumer died: {self.error!r}")
         with self._lock:
             events: Counter = Counter()
             tasks: Counter = Counter()
