@@ -39,3 +39,23 @@ ensure_venv() {
   fi
   export PATH="$PWD/.venv/bin:$PATH"
 }
+
+ensure_worker_venvs() {
+  # One venv per Celery version for the conformance suite's worker fleet (tests/conformance):
+  # .venv-celery/<version>, rebuilt only when its pinned requirements change. --no-deps plus
+  # `pip check`: the file pins every package, so a missing pin fails here instead of being
+  # resolved to whatever is newest that day.
+  local py=${PYTHON:-python3} req version dir stamp
+  for req in tests/conformance/requirements/celery-*.txt; do
+    version=$(basename "$req" .txt); version=${version#celery-}
+    dir=.venv-celery/$version
+    stamp=$dir/.installed-$(sha1sum <"$req" | cut -c1-12)
+    [ -f "$stamp" ] && continue
+    echo "== building the Celery $version worker venv ($dir)"
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    "$dir/bin/pip" install -q --no-deps -r "$req"
+    "$dir/bin/pip" check
+    touch "$stamp"
+  done
+}
