@@ -34,6 +34,11 @@ ensure_venv() {
     echo "== installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+    # Wheels of the runtime dependencies alone: tests/test_packaging.py installs the built
+    # wheel into a clean venv from here (--no-index), so the test itself needs no index.
+    rm -rf .venv/wheelhouse
+    .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      | .venv/bin/pip download -q -c constraints.txt -d .venv/wheelhouse -r /dev/stdin
     rm -f .venv/.installed-*
     touch "$stamp"
   fi
