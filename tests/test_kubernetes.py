@@ -1,6 +1,7 @@
-"""deploy/kubernetes/: in sync with its generator, rendered by a real kubectl kustomize, every
-object valid against the Kubernetes schemas (offline, kubernetes-validate), the Prometheus
-Operator objects against the Operator's CRD models (cloudcoil), the rules through promtool."""
+"""deploy/kubernetes/ and deploy/helm/: in sync with their generator, rendered by a real kubectl
+kustomize, every object valid against the Kubernetes schemas (offline, kubernetes-validate),
+the Prometheus Operator objects against the Operator's CRD models (cloudcoil), the rules
+through promtool; the chart linted and rendered by a real helm, equal to the kustomize base."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from exporter.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 KUBECTL = Path(sys.executable).with_name("kubectl")
+HELM = Path(sys.executable).with_name("helm")  # scripts/env.sh installs it (deploy/helm/)
+CHART = ROOT / "deploy" / "helm" / "celery-events-exporter"
 TARGETS = ("base", "overlays/redis", "overlays/rabbitmq")
 # The schemas kubernetes-validate ships offline; the manifests use only GA APIs.
 KUBERNETES_VERSION = "1.30.0"
@@ -34,6 +37,7 @@ def _generator() -> Any:
     spec = importlib.util.spec_from_file_location("k8s_generate", KUBE / "generate.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -65,12 +69,15 @@ def test_checked_in_manifests_are_what_the_generator_writes() -> None:
 
 
 def test_check_notices_an_edited_and_a_leftover_file(tmp_path: Path) -> None:
-    copy = tmp_path / "kubernetes"
-    shutil.copytree(KUBE, copy)
-    (copy / "base" / "service.yaml").write_text("# edited\n")
-    (copy / "overlays" / "redis" / "old.yaml").write_text("{}\n")
-    assert generate.stale(copy) == [copy / "base" / "service.yaml",
-                                    copy / "overlays" / "redis" / "old.yaml"]
+    copy = tmp_path / "deploy"
+    shutil.copytree(KUBE, copy / "kubernetes")
+    shutil.copytree(CHART, copy / "helm" / CHART.name)
+    (copy / "kubernetes" / "base" / "service.yaml").write_text("# edited\n")
+    (copy / "kubernetes" / "overlays" / "redis" / "old.yaml").write_text("{}\n")
+    (copy / "helm" / CHART.name / "templates" / "service.yaml").unlink()
+    assert generate.stale(copy) == [copy / "helm" / CHART.name / "templates" / "service.yaml",
+                                    copy / "kubernetes" / "base" / "service.yaml",
+                                    copy / "kubernetes" / "overlays" / "redis" / "old.yaml"]
 
 
 def test_kustomize_renders_every_target(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -239,3 +246,57 @@ def test_service_monitor_scrapes_the_job_the_rules_and_dashboards_select() -> No
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+# --- the Helm chart ------------------------------------------------------------------------------
+
+def helm(*args: str, tmp: Path) -> str:
+    assert HELM.exists(), f"{HELM} is missing: scripts/env.sh installs it (ensure_venv)"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "HELM_CACHE_HOME": str(tmp / "cache"),
+           "HELM_CONFIG_HOME": str(tmp / "config"), "HELM_DATA_HOME": str(tmp / "data")}
+    out = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def helm_template(tmp: Path, *values: str) -> list[dict[str, Any]]:
+    text = helm("template", "cee", str(CHART), *(a for v in values for a in ("--set", v)),
+                tmp=tmp)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _by_name(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_helm_lints_the_chart(tmp_path: Path) -> None:
+    out = helm("lint", "--strict", str(CHART), tmp=tmp_path)
+    assert "0 chart(s) failed" in out
+
+
+def test_helm_with_default_values_renders_the_kustomize_base(tmp_path: Path) -> None:
+    assert _by_name(helm_template(tmp_path)) == _by_name(render("base"))
+
+
+def test_helm_values_reach_the_objects(tmp_path: Path) -> None:
+    objects = helm_template(tmp_path, "replicaCount=3", "image.repository=registry.local/cee",
+                            "image.tag=9.9", "ingest=redis", "secretName=celery-prod",
+                            "resources.requests.cpu=200m", "serviceMonitor.enabled=false",
+                            "prometheusRule.labels.release=prometheus")
+    kinds = [o["kind"] for o in objects]
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" in kinds
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    container = _container(objects)
+    assert container["image"] == "registry.local/cee:9.9"
+    assert container["resources"]["requests"]["cpu"] == "200m"
+    env = _env(container)
+    assert env["CELERY_EVENTS_EXPORTER_INGEST"]["value"] == "redis"
+    assert env["CELERY_EVENTS_EXPORTER_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == \
+        "celery-prod"
+    assert one(objects, "PrometheusRule")["metadata"]["labels"]["release"] == "prometheus"
+    for obj in objects:
+        if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    assert operator_errors(one(objects, "PrometheusRule")) == []

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the Kubernetes manifests under deploy/kubernetes/ from the project's own sources.
+"""Write deploy/kubernetes/ (kustomize) and deploy/helm/ (the chart) from the project's sources.
 
 The PrometheusRule holds the groups of alerts.rules.build() (what alerts/celery-rules.yml
 is rendered from) and the dashboards ConfigMaps hold dashboards/json/*.json byte for byte,
@@ -13,13 +13,16 @@ tests/test_kubernetes.py fails when a checked-in file differs from what this wri
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
+DEPLOY = HERE.parent  # files() is keyed by path under deploy/
 REPO = HERE.parents[1]
 if str(REPO) not in sys.path:  # run as a script: the repo's packages are importable
     sys.path.insert(0, str(REPO))
@@ -55,7 +58,8 @@ DASHBOARDS = REPO / "dashboards" / "json"
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # shared dicts (the selector) written out, not as &anchors
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -80,19 +84,34 @@ def meta(name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[
     return {"name": name, "labels": {**LABELS, **(labels or {})}, **extra}
 
 
-def deployment() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """What the Helm chart's values.yaml sets; the kustomize base is these defaults (the
+    chart writes `@@name@@` placeholders here, turned into template expressions)."""
+
+    replicas: Any = 2
+    image: str = f"{NAME}:{__version__}"
+    pull_policy: str = "IfNotPresent"
+    secret: str = SECRET
+    ingest: str = "auto"
+    resources: Any = field(default_factory=lambda: RESOURCES)
+
+
+def deployment(cfg: Settings = Settings()) -> dict[str, Any]:
     env = [
         {"name": "CELERY_EVENTS_EXPORTER_BROKER_URL",
-         "valueFrom": {"secretKeyRef": {"name": SECRET, "key": BROKER_URL_KEY}}},
+         "valueFrom": {"secretKeyRef": {"name": cfg.secret, "key": BROKER_URL_KEY}}},
         {"name": "CELERY_EVENTS_EXPORTER_WEB_CONFIG_FILE",
          "value": f"{WEB_CONFIG_DIR}/{WEB_CONFIG_KEY}"},
         {"name": "CELERY_EVENTS_EXPORTER_PORT", "value": str(DEFAULT_PORT)},
+        # auto: the Redis fast path for Redis URLs, kombu otherwise (the overlays pin it).
+        {"name": "CELERY_EVENTS_EXPORTER_INGEST", "value": cfg.ingest},
     ]
     probe = {"port": "http"}
     container = {
         "name": "exporter",
-        "image": f"{NAME}:{__version__}",
-        "imagePullPolicy": "IfNotPresent",
+        "image": cfg.image,
+        "imagePullPolicy": cfg.pull_policy,
         "env": env,
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         # /healthz: the process serves HTTP. /readyz: connected to the broker and seeing
@@ -103,7 +122,7 @@ def deployment() -> dict[str, Any]:
                            "timeoutSeconds": 5, "failureThreshold": 3},
         "startupProbe": {"httpGet": {"path": "/healthz", **probe}, "periodSeconds": 2,
                          "failureThreshold": 30},
-        "resources": RESOURCES,
+        "resources": cfg.resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
                             "capabilities": {"drop": ["ALL"]}},
@@ -126,13 +145,13 @@ def deployment() -> dict[str, Any]:
             "affinity": affinity,
             "containers": [container],
             "volumes": [{"name": "web-config",
-                         "secret": {"secretName": SECRET,
+                         "secret": {"secretName": cfg.secret,
                                     "items": [{"key": WEB_CONFIG_KEY, "path": WEB_CONFIG_KEY}]}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
         },
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(NAME),
-            "spec": {"replicas": 2, "selector": {"matchLabels": SELECTOR},
+            "spec": {"replicas": cfg.replicas, "selector": {"matchLabels": SELECTOR},
                      "strategy": {"type": "RollingUpdate",
                                   "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                      "template": pod}}
@@ -198,8 +217,91 @@ def overlay(broker: str, env: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
+# --- the Helm chart: the same objects, a few fields as values -----------------------------------
+
+CHART = f"helm/{NAME}"
+VALUES: dict[str, Any] = {
+    "replicaCount": Settings.replicas,
+    "image": {"repository": NAME, "tag": __version__, "pullPolicy": Settings.pull_policy},
+    "secretName": SECRET,
+    "ingest": Settings.ingest,
+    "resources": RESOURCES,
+    "serviceMonitor": {"enabled": True, "labels": {}},
+    "prometheusRule": {"enabled": True, "labels": {}},
+    "dashboards": {"enabled": True},
+}
+# '@@name@@' placeholders (quoted as YAML dumps them) -> the template expression in place.
+SCALARS = {
+    "'@@replicaCount@@'": "{{ .Values.replicaCount }}",
+    "'@@image@@'": '"{{ .Values.image.repository }}:{{ .Values.image.tag }}"',
+    "'@@pullPolicy@@'": "{{ .Values.image.pullPolicy }}",
+    "'@@secretName@@'": "{{ .Values.secretName | quote }}",
+    "'@@ingest@@'": "{{ .Values.ingest | quote }}",
+}
+# `key: '@@block:NAME@@'` lines -> a mapping rendered from this expression under the key.
+BLOCKS = {
+    "resources": "toYaml .Values.resources",
+    "rules": '.Files.Get "files/celery-rules.yml" | fromYaml | toYaml',
+}
+LINE = re.compile(r"^( *)(\S+): '@@block:(\w+)@@'$", re.M)
+LABEL_LINE = re.compile(r"^( *)'@@labels:(\w+)@@': ''$", re.M)
+FILE = re.compile(r"'@@file:([\w./-]+)@@'")
+
+
+def template(text: str, enabled: str | None = None) -> str:
+    for hole, expr in SCALARS.items():
+        text = text.replace(hole, expr)
+    text = LINE.sub(lambda m: f"{m[1]}{m[2]}:\n{{{{- {BLOCKS[m[3]]} | nindent "
+                              f"{len(m[1]) + 2} }}}}", text)
+    text = LABEL_LINE.sub(lambda m: f"{m[1]}{{{{- with .Values.{m[2]}.labels }}}}\n"
+                                f"{m[1]}{{{{- toYaml . | nindent {len(m[1])} }}}}\n"
+                                f"{m[1]}{{{{- end }}}}", text)
+    # toJson gives a double-quoted string, which YAML reads back byte for byte.
+    text = FILE.sub(lambda m: f'{{{{ .Files.Get "files/{m[1]}" | toJson }}}}', text)
+    assert "@@" not in text, text
+    if enabled:
+        text = f"{{{{- if .Values.{enabled}.enabled }}}}\n{text}{{{{- end }}}}\n"
+    return text
+
+
+def with_labels(obj: dict[str, Any], values_key: str) -> dict[str, Any]:
+    obj["metadata"]["labels"][f"@@labels:{values_key}@@"] = ""
+    return obj
+
+
+def chart() -> dict[str, str]:
+    """The chart renders the kustomize base with its default values (a test checks)."""
+    holes = Settings(replicas="@@replicaCount@@", image="@@image@@",
+                     pull_policy="@@pullPolicy@@", secret="@@secretName@@",
+                     ingest="@@ingest@@", resources="@@block:resources@@")
+    rule = prometheus_rule()
+    rule["spec"] = "@@block:rules@@"
+    maps = dashboard_configmaps()
+    for cm in maps:
+        cm["data"] = {name: f"@@file:dashboards/{name}@@" for name in cm["data"]}
+    out = {
+        "Chart.yaml": dump({"apiVersion": "v2", "name": NAME, "type": "application",
+                            "description": "Prometheus exporter for Celery, fed by the Celery "
+                                           "event stream, with its rules and dashboards",
+                            "version": __version__, "appVersion": __version__}),
+        "values.yaml": dump(VALUES),
+        "templates/deployment.yaml": template(dump(deployment(holes))),
+        "templates/poddisruptionbudget.yaml": template(dump(pod_disruption_budget())),
+        "templates/service.yaml": template(dump(service())),
+        "templates/servicemonitor.yaml": template(
+            dump(with_labels(service_monitor(), "serviceMonitor")), "serviceMonitor"),
+        "templates/prometheusrule.yaml": template(
+            dump(with_labels(rule, "prometheusRule")), "prometheusRule"),
+        "templates/dashboards.yaml": template(dump(*maps), "dashboards"),
+        "files/celery-rules.yml": dump(build_rules()),
+    }
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        out[f"files/dashboards/{path.name}"] = path.read_text(encoding="utf-8")
+    return out
+
+
 def files() -> dict[str, str]:
-    """Every generated file, by path relative to deploy/kubernetes/."""
+    """Every generated file, by path relative to deploy/."""
     base = {
         "deployment.yaml": dump(deployment()),
         "poddisruptionbudget.yaml": dump(pod_disruption_budget()),
@@ -219,19 +321,20 @@ def files() -> dict[str, str]:
         {"name": "CELERY_EVENTS_EXPORTER_RABBITMQ_MANAGEMENT_URL",
          "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "rabbitmq-management-url",
                                         "optional": True}}}])
-    out = {f"base/{k}": v for k, v in base.items()}
-    out.update({f"overlays/redis/{k}": v for k, v in redis.items()})
-    out.update({f"overlays/rabbitmq/{k}": v for k, v in rabbitmq.items()})
+    out = {f"kubernetes/base/{k}": v for k, v in base.items()}
+    out.update({f"kubernetes/overlays/redis/{k}": v for k, v in redis.items()})
+    out.update({f"kubernetes/overlays/rabbitmq/{k}": v for k, v in rabbitmq.items()})
+    out.update({f"{CHART}/{k}": v for k, v in chart().items()})
     return out
 
 
-def stale(root: Path = HERE) -> list[Path]:
+def stale(root: Path = DEPLOY) -> list[Path]:
     wanted = files()
     bad = [root / rel for rel, text in wanted.items()
            if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text]
     # A file the generator no longer writes would still be picked up by kustomize.
     for folder in {(root / rel).parent for rel in wanted}:
-        for path in folder.glob("*.yaml") if folder.is_dir() else ():
+        for path in folder.glob("*.y*ml") if folder.is_dir() else ():
             if path.relative_to(root).as_posix() not in wanted:
                 bad.append(path)
     return sorted(bad)
@@ -249,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stale: {path.relative_to(REPO)}", file=sys.stderr)
         return 1 if bad else 0
     for rel, text in files().items():
-        path = HERE / rel
+        path = DEPLOY / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path.relative_to(REPO)}")
