@@ -64,10 +64,10 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
                         "$CELERY_BROKER_URL)")
     g.add_argument("--broker-password-file", default=_env("--broker-password-file"),
                    help="read the broker password from this file instead of the URL")
-    g.add_argument("--django-settings", default=_env("--django-settings",
-                                                     os.environ.get("DJANGO_SETTINGS_MODULE")),
+    g.add_argument("--django-settings", default=_env("--django-settings"),
                    help="Django settings module to read CELERY_BROKER_URL and "
-                        "CELERY_BROKER_TRANSPORT_OPTIONS from (default: $DJANGO_SETTINGS_MODULE)")
+                        "CELERY_BROKER_TRANSPORT_OPTIONS from (default: "
+                        "$DJANGO_SETTINGS_MODULE, read only when no broker URL is given)")
     g.add_argument("--transport-option", action="append", metavar="KEY=VALUE",
                    default=_env_list("--transport-option"),
                    help="kombu transport option, e.g. global_keyprefix=app: or "
@@ -161,8 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_broker(args: argparse.Namespace) -> tuple[str, dict, str]:
     url, options, exchange = args.broker_url, {}, None
-    if args.django_settings and (not url or not args.transport_option):
-        d_url, d_options, exchange = django_broker(args.django_settings)
+    # Asked for by name, the settings also supply transport options next to a given URL.
+    # Only inherited from DJANGO_SETTINGS_MODULE (set for the project, perhaps in an image
+    # that lacks it), they are read when nothing else names the broker: an explicit URL wins.
+    settings, flag = args.django_settings, "--django-settings"
+    wanted = bool(settings) and (not url or not args.transport_option)
+    if not settings and not url:
+        settings, flag = os.environ.get("DJANGO_SETTINGS_MODULE"), "DJANGO_SETTINGS_MODULE"
+        wanted = bool(settings)
+    if wanted:
+        d_url, d_options, exchange = django_broker(settings, flag)
         url = url or d_url
         options = d_options
     url = url or os.environ.get("CELERY_BROKER_URL")
