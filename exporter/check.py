@@ -10,7 +10,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from exporter.cli import add_broker_args, resolve_broker, setup_logging
+from exporter.brokerargs import add_broker_args, resolve_broker, setup_logging
 from exporter.config import Config, ConfigError
 from exporter.ingest import make_consumer
 from exporter.pipeline import Pipeline

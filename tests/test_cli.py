@@ -190,3 +190,11 @@ def test_broken_django_settings_module_without_a_url_names_the_variable() -> Non
     result = run_cli(env={"DJANGO_SETTINGS_MODULE": "no_such_project.settings"})
     assert result.returncode == 2, result
     assert "DJANGO_SETTINGS_MODULE: cannot import 'no_such_project.settings'" in result.stderr
+
+
+def test_check_and_cli_do_not_import_each_other() -> None:
+    code = ("import sys, exporter.check; assert 'exporter.cli' not in sys.modules; "
+            "import exporter.cli; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=run_cli_env())
+    assert result.stdout.strip() == "ok", result.stderr
