@@ -87,6 +87,18 @@ class InspectProbe(Probe):
                     frozenset(q["name"] for q in names if isinstance(q, dict) and "name" in q)
                     if isinstance(names, list) else None)
 
+    def conf(self, keys: tuple[str, ...],
+             workers: list[str]) -> dict[str, dict[str, object]]:
+        """These settings of the named workers (`inspect conf`, defaults included: a worker
+        reports only what differs from Celery's defaults otherwise). Addressed by name: on
+        RabbitMQ every app of the vhost shares the control exchange, and another app's
+        workers would answer a broadcast too."""
+        inspect = self.app.control.inspect(timeout=self.timeout, destination=workers,
+                                           limit=len(workers))
+        replies = inspect.conf(with_defaults=True) or {}
+        return {host: {k: conf[k] for k in keys if k in conf}
+                for host, conf in replies.items() if isinstance(conf, dict)}
+
     def close(self) -> None:
         self.app.close()
 
