@@ -103,9 +103,10 @@ class InspectProbe(Probe):
         self.app.close()
 
     def abort(self) -> None:
-        # The blocked run keeps the old app; the next run gets a fresh one (fresh pools,
-        # fresh reply queue name). Closing the old pool's sockets ends the blocked call
-        # where it waits on one of them.
+        # The blocked run keeps the old app; the next run gets a fresh one (its own mailbox
+        # and reply queue). kombu keys connection pools by broker URL, so both apps share
+        # one pool: its connections are collected (sockets closed without a word to the
+        # broker, which ends a call blocked on one), the pool itself stays open.
         old, self.app = self.app, self._new_app()
         with contextlib.suppress(Exception):
             old.pool.force_close_all(close_pool=False)
