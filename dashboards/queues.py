@@ -84,10 +84,13 @@ def build(opts: Options) -> g.Dashboard:
                    description="Fraction of time the queue could deliver immediately. Low "
                                "with a backlog means consumers are saturated or prefetch is "
                                "too small. Empty on Redis."),
-        timeseries("Probe duration", [(f"max by (probe) ({q.m(m.PROBE_DURATION)})", "{{probe}}")],
+        timeseries("Probe duration", [(f"max by (probe) ({q.m(m.PROBE_DURATION)})", "{{probe}}"),
+                                      (f"time() - (max by (probe) ({q.m(m.PROBE_LAST_SUCCESS)})"
+                                       " > 0)", "{{probe}}: since last success")],
                    unit=SECONDS, w=6,
-                   description="Duration of the last run of each broker probe. Queue gauges "
-                               "are only as fresh as these probes."),
+                   description="Duration of the last run of each broker probe, and the time "
+                               "since each last succeeded. Queue gauges are only as fresh as "
+                               "these probes."),
         timeseries("Probe errors", [(f"sum by (probe) ({q.rate(q.m(m.PROBE_ERRORS))})",
                                      "{{probe}}")],
                    unit=PER_SECOND, w=6,

@@ -100,13 +100,14 @@ class Exporter:
             missing = self.state.task_events_missing
         if not connected:
             return False, "not connected to the broker"
-        if missing:
-            return False, ("workers process tasks but send no task events: start them with -E "
-                           "or set worker_send_task_events=True")
+        # Fleet configuration the exporter cannot change (task events off on some workers)
+        # is a warning, not unreadiness: failing would only restart or unroute the exporter.
+        warning = ("; warning: workers process tasks but send no task events: start them "
+                   "with -E or set worker_send_task_events=True") if missing else ""
         if workers:
-            return True, f"connected; {workers} live worker(s)"
+            return True, f"connected; {workers} live worker(s){warning}"
         if last_event and now - last_event < READY_EVENT_WINDOW:
-            return True, "connected; events flowing"
+            return True, f"connected; events flowing{warning}"
         return False, ("connected, but no events and no workers yet (workers send heartbeats "
                        "even without -E: are any running against this broker?)")
 

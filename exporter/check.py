@@ -9,14 +9,20 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from exporter.cli import add_broker_args, resolve_broker, setup_logging
+from exporter.brokerargs import add_broker_args, resolve_broker, setup_logging
 from exporter.config import Config, ConfigError
 from exporter.ingest import make_consumer
 from exporter.pipeline import Pipeline
 from exporter.probes import Probe, ProbeResults, ProbeRunner
 from exporter.state import State
 
+if TYPE_CHECKING:
+    from exporter.probes.workers import InspectProbe
+
+# What `inspect conf` is asked for when no task ran while listening.
+CONF_KEYS = ("worker_send_task_events", "task_send_sent_event")
 TASK_EVENTS = ("task-received", "task-started", "task-succeeded", "task-failed",
                "task-retried", "task-rejected", "task-revoked")
 
@@ -54,6 +60,7 @@ class Report:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.problems = 0
+        self.unknowns = 0
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -61,6 +68,11 @@ class Report:
     def problem(self, line: str) -> None:
         self.problems += 1
         self.lines.append(f"PROBLEM: {line}")
+
+    def unknown(self, line: str) -> None:
+        """Something that could not be checked: never reported as fine."""
+        self.unknowns += 1
+        self.lines.append(f"UNKNOWN: {line}")
 
     @property
     def ok(self) -> bool:
@@ -97,14 +109,20 @@ def listen(config: Config, seconds: float) -> Report:
         return report
     report.say(f"Listened for {seconds:g}s.")
     _workers(report, state, first_processed)
-    _events(report, state)
+    confs = _ask_workers(report, config, state)
+    _events(report, state, confs)
     _queues(report, config, state)
     dropped = {k: v for k, v in state.invalid.items() if v}  # every reason starts at 0
     if dropped:
         report.say("Dropped invalid messages: "
                    + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
-    report.say("Everything looks right." if report.ok else
-               f"{report.problems} problem(s) found; see above.")
+    if not report.ok:
+        report.say(f"{report.problems} problem(s) found; see above.")
+    elif report.unknowns:
+        report.say(f"No problem found, but {report.unknowns} thing(s) could not be checked "
+                   f"(UNKNOWN above).")
+    else:
+        report.say("Everything looks right.")
     return report
 
 
@@ -123,7 +141,58 @@ def _workers(report: Report, state: State, first_processed: dict[str, int]) -> N
                    f"processed +{grown} while listening")
 
 
-def _events(report: Report, state: State) -> None:
+class _ConfProbe(Probe):
+    """`inspect conf` under the probe runner's deadline."""
+
+    name = "inspect_conf"
+
+    def __init__(self, inspect: InspectProbe, workers: list[str]) -> None:
+        self.inspect = inspect
+        self.workers = workers
+        self.timeout = inspect.timeout
+        self.replies: dict[str, dict[str, object]] | None = None
+
+    def run(self, results: ProbeResults) -> None:
+        self.replies = self.inspect.conf(CONF_KEYS, self.workers)
+
+    def abort(self) -> None:
+        self.inspect.abort()
+
+
+def _ask_workers(report: Report, config: Config,
+                 state: State) -> dict[str, dict[str, object]] | None:
+    """Pool, prefetch and queues of each live worker (said under Workers), and the settings
+    in CONF_KEYS; None when the workers were not asked or did not answer."""
+    if not config.inspect or not any(w.up for w in state.workers.values()):
+        return None
+    from exporter.probes.workers import InspectProbe
+
+    inspect = InspectProbe(config.broker_url, config.transport_options, Pipeline(state), 0, 2,
+                           live_workers=lambda: sum(w.up for w in state.workers.values()))
+    conf = _ConfProbe(inspect, sorted(h for h, w in state.workers.items() if w.up))
+    results = ProbeResults()
+    runner = ProbeRunner([inspect, conf], results)
+    try:
+        runner.run_once(inspect)
+        runner.run_once(conf)
+    finally:
+        inspect.close()
+    for w in sorted(state.workers.values(), key=lambda w: w.hostname):
+        if w.pool is not None:
+            report.say(f"  {w.hostname}: pool {w.pool}, prefetch limit {w.prefetch_limit}, "
+                       f"queues {', '.join(sorted(w.queues)) or '?'}")
+    for name, status in sorted(results.status.items()):
+        if not status.success and status.last_error:
+            report.say(f"Probe {name} failed: {status.last_error}")
+    return conf.replies if results.status[conf.name].success else None
+
+
+def _names(hosts: list[str], most: int = 5) -> str:
+    shown = ", ".join(hosts[:most])
+    return shown + (f" and {len(hosts) - most} more" if len(hosts) > most else "")
+
+
+def _events(report: Report, state: State, confs: dict[str, dict[str, object]] | None) -> None:
     types = state.event_types
     task_events = sum(types.get(t, 0) for t in TASK_EVENTS)
     processed_growth = state.task_events_missing
@@ -135,18 +204,60 @@ def _events(report: Report, state: State) -> None:
                        "(CELERY_WORKER_SEND_TASK_EVENTS in Django settings), or run "
                        "`celery -A proj control enable_events` (lost on restart).")
     else:
-        report.say("Task events: none seen. Either no tasks ran while listening, or task "
-                   "events are off (-E / worker_send_task_events). Run some tasks and check again.")
+        _task_events_by_conf(report, state, confs)
     if types.get("task-sent"):
         report.say(f"task-sent events: on ({types['task-sent']} seen); queue wait is measured.")
     elif task_events:
         report.problem("no task-sent events: queue wait (publish to start) cannot be measured. "
                        "Set task_send_sent_event = True (CELERY_TASK_SEND_SENT_EVENT) in the "
                        "producers' (web) settings.")
+    else:
+        # Producers cannot be asked; the workers' own setting covers the tasks they publish.
+        own = ""
+        if confs:
+            own = " Workers' own task_send_sent_event (for tasks they publish): " + ", ".join(
+                f"{h} {c.get('task_send_sent_event', '?')}" for h, c in sorted(confs.items()))
+        report.unknown("no task was published while listening, so whether the producers set "
+                       "task_send_sent_event = True (needed for queue wait) cannot be known: "
+                       "publish a task while checking to tell." + own)
+
+
+def _task_events_by_conf(report: Report, state: State,
+                         confs: dict[str, dict[str, object]] | None) -> None:
+    """No task ran while listening: what the workers' configuration says instead."""
+    live = sorted(h for h, w in state.workers.items() if w.up)
+    if not live:
+        return
+    if confs is None:
+        report.unknown("no task ran while listening and the workers were not asked "
+                       "(--no-inspect, or inspect failed): task events may be off "
+                       "(-E / worker_send_task_events). Run some tasks and check again.")
+        return
+    setting = {h: confs.get(h, {}).get("worker_send_task_events") for h in live}
+    off = [h for h in live if setting[h] is False]
+    on = [h for h in live if setting[h] is True]
+    silent = [h for h in live if setting[h] not in (True, False)]
+    if off:
+        report.problem(f"task events are off in the configuration of {len(off)} worker(s) "
+                       f"({_names(off)}): worker_send_task_events = False, and no task event "
+                       f"arrived while listening. Set worker_send_task_events = True "
+                       f"(CELERY_WORKER_SEND_TASK_EVENTS in Django settings). A worker "
+                       f"started with -E sends them anyway, which `inspect conf` does not "
+                       f"show: run a task while checking to tell.")
+    if on and not off and not silent:
+        report.say(f"Task events: on in the configuration of every worker ({len(on)}: "
+                   f"{_names(on)}); no task ran while listening.")
+    elif on:
+        report.say(f"Task events: on in the configuration of {_names(on)}.")
+    if silent:
+        report.unknown(f"{_names(silent)} did not answer `inspect conf`: whether they send "
+                       f"task events is unknown.")
 
 
 def _queues(report: Report, config: Config, state: State) -> None:
     queues = set(config.queues) | set(state.queues_seen) | {"celery"}
+    for w in state.workers.values():
+        queues.update(w.queues)
     results = ProbeResults()
     probes: list[Probe] = []
     if config.is_redis:
@@ -160,19 +271,6 @@ def _queues(report: Report, config: Config, state: State) -> None:
 
         probes.append(AmqpQueueProbe(config.broker_url, config.transport_options,
                                      lambda: queues, 0, 5))
-    if config.inspect and any(w.up for w in state.workers.values()):
-        from exporter.probes.workers import InspectProbe
-
-        pipeline = Pipeline(state)
-        inspect = InspectProbe(config.broker_url, config.transport_options, pipeline, 0, 2,
-                               live_workers=lambda: sum(w.up for w in state.workers.values()))
-        ProbeRunner([inspect], results).run_once(inspect)
-        for w in state.workers.values():
-            queues.update(w.queues)
-            if w.pool is not None:
-                report.say(f"  {w.hostname}: pool {w.pool}, prefetch limit {w.prefetch_limit}, "
-                           f"queues {', '.join(sorted(w.queues)) or '?'}")
-        inspect.close()
     runner = ProbeRunner(probes, results)
     for probe in probes:
         runner.run_once(probe)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -16,65 +15,30 @@ from collections.abc import Sequence
 
 from exporter import __version__
 from exporter import metrics as m
+from exporter.brokerargs import (
+    ENV_PREFIX,
+    add_broker_args,
+    env,
+    env_bool,
+    env_list,
+    resolve_broker,
+    setup_logging,
+)
 from exporter.config import (
     DEFAULT_PORT,
     Config,
     ConfigError,
-    check_broker_url,
     check_prefix,
-    django_broker,
     parse_buckets,
     parse_label_pairs,
-    parse_transport_options,
-    with_password,
     worker_label_policy,
 )
 from exporter.state import StateConfig
 from exporter.webgate import Limits
 
-ENV_PREFIX = "CELERY_EVENTS_EXPORTER_"
+__all__ = ["ENV_PREFIX", "build_parser", "config_from_args", "main"]
 SUBCOMMANDS = ("run", "check", "dashboards", "rules")
 log = logging.getLogger("exporter")
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _env(flag: str, default: object = None) -> object:
-    return os.environ.get(_env_name(flag), default)
-
-
-def _env_list(flag: str) -> list[str]:
-    value = os.environ.get(_env_name(flag))
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
-
-def _env_bool(flag: str, default: bool) -> bool:
-    value = os.environ.get(_env_name(flag))
-    if value is None:
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def add_broker_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("broker")
-    g.add_argument("--broker-url", default=_env("--broker-url"),
-                   help="Celery broker URL: redis://, rediss://, sentinel://, amqp://, "
-                        "amqps:// (default: the Django project's CELERY_BROKER_URL, else "
-                        "$CELERY_BROKER_URL)")
-    g.add_argument("--broker-password-file", default=_env("--broker-password-file"),
-                   help="read the broker password from this file instead of the URL")
-    g.add_argument("--django-settings", default=_env("--django-settings",
-                                                     os.environ.get("DJANGO_SETTINGS_MODULE")),
-                   help="Django settings module to read CELERY_BROKER_URL and "
-                        "CELERY_BROKER_TRANSPORT_OPTIONS from (default: $DJANGO_SETTINGS_MODULE)")
-    g.add_argument("--transport-option", action="append", metavar="KEY=VALUE",
-                   default=_env_list("--transport-option"),
-                   help="kombu transport option, e.g. global_keyprefix=app: or "
-                        "master_name=mymaster (repeatable; values parse as JSON when they can)")
-    g.add_argument("--events-exchange", default=_env("--events-exchange"),
-                   help="Celery's event_exchange (default: celeryev)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,104 +51,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_broker_args(p)
     g = p.add_argument_group("web")
-    g.add_argument("--host", default=_env("--host", "0.0.0.0"), help="listen address")
-    g.add_argument("--port", type=int, default=int(_env("--port", DEFAULT_PORT)),  # type: ignore[arg-type]
+    g.add_argument("--host", default=env("--host", "0.0.0.0"), help="listen address")
+    g.add_argument("--port", type=int, default=int(env("--port", DEFAULT_PORT)),  # type: ignore[arg-type]
                    help=f"listen port (default {DEFAULT_PORT})")
-    g.add_argument("--web-config-file", default=_env("--web-config-file"),
+    g.add_argument("--web-config-file", default=env("--web-config-file"),
                    help="exporter-toolkit style YAML with tls_server_config and basic_auth_users")
     g.add_argument("--protect-health", action="store_true",
-                   default=_env_bool("--protect-health", False),
+                   default=env_bool("--protect-health", False),
                    help="require basic auth on /healthz and /readyz too")
     g.add_argument("--web-header-timeout", type=float,
-                   default=float(_env("--web-header-timeout", 5.0)),  # type: ignore[arg-type]
+                   default=float(env("--web-header-timeout", 5.0)),  # type: ignore[arg-type]
                    help="seconds a connection gets for its TLS handshake and request head "
                         "(slow clients are closed after that; default 5)")
     g.add_argument("--web-max-connections", type=int,
-                   default=int(_env("--web-max-connections", 1024)),  # type: ignore[arg-type]
+                   default=int(env("--web-max-connections", 1024)),  # type: ignore[arg-type]
                    help="connections still sending their request; one more closes the oldest "
                         "(default 1024, capped to half the open-files limit)")
     g = p.add_argument_group("metrics")
-    g.add_argument("--prefix", default=_env("--prefix", m.DEFAULT_PREFIX),
+    g.add_argument("--prefix", default=env("--prefix", m.DEFAULT_PREFIX),
                    help="metric name prefix (default celery)")
     g.add_argument("--label", action="append", metavar="NAME=VALUE",
-                   default=_env_list("--label"), help="static label on every metric")
-    g.add_argument("--worker-label", default=_env("--worker-label", "full"),
+                   default=env_list("--label"), help="static label on every metric")
+    g.add_argument("--worker-label", default=env("--worker-label", "full"),
                    help="worker label on task metrics: full (node name), host (part after @), "
                         "regex (first group of --worker-label-regex), none")
-    g.add_argument("--worker-label-regex", default=_env("--worker-label-regex"))
+    g.add_argument("--worker-label-regex", default=env("--worker-label-regex"))
     g.add_argument("--include-task", action="append", metavar="GLOB",
-                   default=_env_list("--include-task"),
+                   default=env_list("--include-task"),
                    help="only export task metrics for task names matching (repeatable)")
     g.add_argument("--exclude-task", action="append", metavar="GLOB",
-                   default=_env_list("--exclude-task"),
+                   default=env_list("--exclude-task"),
                    help="drop task metrics for task names matching (repeatable)")
-    g.add_argument("--max-series", type=int, default=int(_env("--max-series", 10_000)),  # type: ignore[arg-type]
+    g.add_argument("--max-series", type=int, default=int(env("--max-series", 10_000)),  # type: ignore[arg-type]
                    help="series cap per metric; observations past it are counted and dropped")
     g.add_argument("--max-label-length", type=int,
-                   default=int(_env("--max-label-length", 128)))  # type: ignore[arg-type]
+                   default=int(env("--max-label-length", 128)))  # type: ignore[arg-type]
     for metric, flag in ((m.QUEUE_WAIT, "--queue-wait-buckets"),
                          (m.PREFETCH_WAIT, "--prefetch-wait-buckets"),
                          (m.RUNTIME, "--runtime-buckets")):
-        g.add_argument(flag, default=_env(flag),
+        g.add_argument(flag, default=env(flag),
                        help=f"comma-separated bucket bounds in seconds for {metric.full()} "
                             f"(default {','.join(f'{b:g}' for b in metric.buckets or ())})")
     g = p.add_argument_group("tracking")
     g.add_argument("--worker-timeout", type=float,
-                   default=float(_env("--worker-timeout", 0)),  # type: ignore[arg-type]
+                   default=float(env("--worker-timeout", 0)),  # type: ignore[arg-type]
                    help="seconds without heartbeats before a worker is down (default 0: "
                         "Celery's rule, twice the worker's heartbeat interval)")
     g.add_argument("--worker-down-retention", type=float,
-                   default=float(_env("--worker-down-retention", 600)),  # type: ignore[arg-type]
+                   default=float(env("--worker-down-retention", 600)),  # type: ignore[arg-type]
                    help="seconds a down worker's series stay (at up 0) before removal")
-    g.add_argument("--max-tasks", type=int, default=int(_env("--max-tasks", 100_000)),  # type: ignore[arg-type]
+    g.add_argument("--max-tasks", type=int, default=int(env("--max-tasks", 100_000)),  # type: ignore[arg-type]
                    help="cap of the in-flight task table")
-    g.add_argument("--task-ttl", type=float, default=float(_env("--task-ttl", 3600)),  # type: ignore[arg-type]
+    g.add_argument("--task-ttl", type=float, default=float(env("--task-ttl", 3600)),  # type: ignore[arg-type]
                    help="seconds an in-flight task without events is kept")
     g.add_argument("--max-message-bytes", type=int,
-                   default=int(_env("--max-message-bytes", 1 << 20)))  # type: ignore[arg-type]
+                   default=int(env("--max-message-bytes", 1 << 20)))  # type: ignore[arg-type]
     g.add_argument("--ingest", choices=("auto", "redis", "kombu"),
-                   default=_env("--ingest", "auto"),
+                   default=env("--ingest", "auto"),
                    help="event consumer: auto (Redis fast path for Redis URLs), redis, kombu")
     g = p.add_argument_group("probes")
-    g.add_argument("--queue", action="append", metavar="NAME", default=_env_list("--queue"),
+    g.add_argument("--queue", action="append", metavar="NAME", default=env_list("--queue"),
                    help="queue to measure even before any event names it (repeatable)")
     g.add_argument("--probe-interval", type=float,
-                   default=float(_env("--probe-interval", 15)),  # type: ignore[arg-type]
+                   default=float(env("--probe-interval", 15)),  # type: ignore[arg-type]
                    help="seconds between queue probes (0 disables)")
     g.add_argument("--probe-timeout", type=float,
-                   default=float(_env("--probe-timeout", 5)))  # type: ignore[arg-type]
-    g.add_argument("--no-inspect", action="store_true", default=_env_bool("--no-inspect", False),
+                   default=float(env("--probe-timeout", 5)))  # type: ignore[arg-type]
+    g.add_argument("--no-inspect", action="store_true", default=env_bool("--no-inspect", False),
                    help="do not broadcast `inspect` for pool size, prefetch limit and queues "
                         "(workers that only accept signed messages refuse it)")
     g.add_argument("--inspect-interval", type=float,
-                   default=float(_env("--inspect-interval", 60)))  # type: ignore[arg-type]
-    g.add_argument("--rabbitmq-management-url", default=_env("--rabbitmq-management-url"),
+                   default=float(env("--inspect-interval", 60)))  # type: ignore[arg-type]
+    g.add_argument("--rabbitmq-management-url", default=env("--rabbitmq-management-url"),
                    help="e.g. https://user:pass@rabbit:15672 for unacked counts and "
                         "consumer utilisation")
-    g.add_argument("--rabbitmq-management-ca", default=_env("--rabbitmq-management-ca"),
+    g.add_argument("--rabbitmq-management-ca", default=env("--rabbitmq-management-ca"),
                    help="CA bundle to verify the management API's certificate")
-    p.add_argument("--log-level", default=_env("--log-level", "INFO"),
+    p.add_argument("--log-level", default=env("--log-level", "INFO"),
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
-
-
-def resolve_broker(args: argparse.Namespace) -> tuple[str, dict, str]:
-    url, options, exchange = args.broker_url, {}, None
-    if args.django_settings and (not url or not args.transport_option):
-        d_url, d_options, exchange = django_broker(args.django_settings)
-        url = url or d_url
-        options = d_options
-    url = url or os.environ.get("CELERY_BROKER_URL")
-    check_broker_url(url or "")
-    if args.broker_password_file:
-        try:
-            with open(args.broker_password_file) as fh:
-                password = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"--broker-password-file: {exc.strerror}") from None
-        url = with_password(url, password)
-    options.update(parse_transport_options(args.transport_option, "--transport-option"))
-    return url, options, args.events_exchange or exchange or "celeryev"
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -229,14 +174,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         rabbitmq_management_ca=args.rabbitmq_management_ca,
         web_config_file=args.web_config_file, max_message_bytes=args.max_message_bytes,
         ingest=args.ingest, log_level=args.log_level)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kombu and celery log connection URLs at DEBUG; keep them out of the exporter's log.
-    for noisy in ("kombu", "celery", "amqp"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def web_limits(args: argparse.Namespace) -> Limits:

@@ -224,16 +224,18 @@ class CeleryCollector:
         duration = self._gauge(m.PROBE_DURATION)
         success = self._gauge(m.PROBE_SUCCESS)
         errors = self._counter(m.PROBE_ERRORS)
+        last_success = self._gauge(m.PROBE_LAST_SUCCESS)
         with self.probes.lock:
-            rows = [(n, s.duration, s.success, s.errors, s.last_run)
+            rows = [(n, s.duration, s.success, s.errors, s.last_run, s.last_success)
                     for n, s in sorted(self.probes.status.items())]
-        for name, dur, ok, errs, last_run in rows:
+        for name, dur, ok, errs, last_run, last_ok in rows:
             key = [name, *static]
             if last_run:
                 duration.add_metric(key, dur)
                 success.add_metric(key, 1.0 if ok else 0.0)
+                last_success.add_metric(key, last_ok)
             errors.add_metric(key, errs)
-        yield from (duration, success, errors)
+        yield from (duration, success, errors, last_success)
 
 
 

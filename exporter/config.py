@@ -170,7 +170,8 @@ def worker_label_policy(mode: str, regex: str | None, max_length: int,
                        include_tasks=include, exclude_tasks=exclude)
 
 
-def django_broker(settings_module: str) -> tuple[str | None, dict, str | None]:
+def django_broker(settings_module: str,
+                  flag: str = "--django-settings") -> tuple[str | None, dict, str | None]:
     """Broker URL, transport options and event exchange from a Django project's settings.
 
     Reads the module's attributes instead of calling django.setup(): the exporter must not
@@ -181,7 +182,7 @@ def django_broker(settings_module: str) -> tuple[str | None, dict, str | None]:
     try:
         module = importlib.import_module(settings_module)
     except Exception as exc:  # any import-time error in user code is a config problem
-        raise ConfigError(f"--django-settings: cannot import {settings_module!r}: {exc}") from None
+        raise ConfigError(f"{flag}: cannot import {settings_module!r}: {exc}") from None
     url = getattr(module, "CELERY_BROKER_URL", None)
     options = getattr(module, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
     exchange = getattr(module, "CELERY_EVENT_EXCHANGE", None)

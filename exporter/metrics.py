@@ -180,6 +180,10 @@ PROBE_ERRORS = Metric("exporter_probe_errors_total", "counter",
 WORKERS_TASK_EVENTS_MISSING = Metric(
     "exporter_task_events_missing", "gauge",
     "1 when live workers process tasks but no task events arrive at all (events disabled).")
+PROBE_LAST_SUCCESS = Metric(
+    "exporter_probe_last_success_timestamp_seconds", "gauge",
+    "When each broker probe last succeeded (0: not yet). Every probe run has a deadline, so "
+    "a stalled broker stops this clock instead of freezing the probe.", ("probe",))
 
 ALL: tuple[Metric, ...] = (
     *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
@@ -187,6 +191,7 @@ ALL: tuple[Metric, ...] = (
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
     EVENTS_INVALID, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED, SERIES_DROPPED,
     WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS, WORKERS_TASK_EVENTS_MISSING,
+    PROBE_LAST_SUCCESS,
 )
 
 BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}

@@ -18,11 +18,16 @@ def config(*argv: str, env: dict[str, str] | None = None, monkeypatch=None):
     return config_from_args(build_parser().parse_args(list(argv)))
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli_env() -> dict[str, str]:
+    """This process's environment without any Celery or Django settings of its own."""
     import os
 
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("CELERY_") and k != "DJANGO_SETTINGS_MODULE"}
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("CELERY_") and k != "DJANGO_SETTINGS_MODULE"}
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = run_cli_env()
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "exporter.cli", *argv], capture_output=True,
                           text=True, timeout=60, env=full_env)
@@ -144,3 +149,52 @@ def test_with_password_keeps_the_rest() -> None:
 def test_check_subcommand_rejects_bad_flags() -> None:
     result = run_cli("check", "--broker-url", "redis://h/0", "--seconds", "0")
     assert result.returncode == 2 and "--seconds" in result.stderr
+
+
+def test_explicit_broker_url_wins_over_django_settings_module_in_the_environment() -> None:
+    """A container image without the Django project, DJANGO_SETTINGS_MODULE still set by the
+    deployment: with --broker-url the settings module is not imported at all."""
+    env = {"DJANGO_SETTINGS_MODULE": "no_such_project.settings"}
+    code = ("from exporter.cli import build_parser, config_from_args; "
+            "print(config_from_args(build_parser().parse_args("
+            "['--broker-url', 'redis://cache:6379/3'])).broker_url)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env={**run_cli_env(), **env})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "redis://cache:6379/3"
+
+    from tests.support.servers import free_port
+
+    # The whole `check` command too: it fails on the dead broker, not on the settings.
+    check = run_cli("check", "--broker-url", f"redis://127.0.0.1:{free_port()}/0",
+                    "--seconds", "0.5", "--no-inspect", env=env)
+    assert check.returncode == 1, check
+    assert "could not connect to the broker" in check.stdout, check.stdout
+    assert "django-settings" not in check.stdout + check.stderr
+
+
+def test_django_settings_module_in_the_environment_is_used_without_a_url(
+        tmp_path: Path) -> None:
+    (tmp_path / "envsite_settings.py").write_text('CELERY_BROKER_URL = "redis://cache:6379/4"\n')
+    code = ("from exporter.cli import build_parser, config_from_args; "
+            "print(config_from_args(build_parser().parse_args([])).broker_url)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path,
+                            env={**run_cli_env(), "DJANGO_SETTINGS_MODULE": "envsite_settings",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "redis://cache:6379/4"
+
+
+def test_broken_django_settings_module_without_a_url_names_the_variable() -> None:
+    result = run_cli(env={"DJANGO_SETTINGS_MODULE": "no_such_project.settings"})
+    assert result.returncode == 2, result
+    assert "DJANGO_SETTINGS_MODULE: cannot import 'no_such_project.settings'" in result.stderr
+
+
+def test_check_and_cli_do_not_import_each_other() -> None:
+    code = ("import sys, exporter.check; assert 'exporter.cli' not in sys.modules; "
+            "import exporter.cli; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=run_cli_env())
+    assert result.stdout.strip() == "ok", result.stderr

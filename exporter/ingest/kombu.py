@@ -1,6 +1,11 @@
-"""The generic path through kombu: RabbitMQ (topic exchange, own auto-delete queue) and
+"""The generic path through kombu: RabbitMQ (topic exchange, own exclusive queue) and
 any other transport kombu speaks. Bodies are decoded by our JSON decoder, never by
 kombu's serializer registry, so a pickle message is counted and dropped, not loaded.
+
+The event queue is declared like Celery 5.7's own event receiver declares its queue
+(celery/events/receiver.py: exclusive, event_queue_ttl 5 s, event_queue_expires 60 s):
+RabbitMQ 4.3 refuses transient non-exclusive queues (deprecated feature
+`transient_nonexcl_queues`), and an exclusive queue is never shared nor left behind.
 """
 
 from __future__ import annotations
@@ -9,18 +14,26 @@ import contextlib
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from time import sleep as _sleep
+from typing import Any
 
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Exchange, Message, Queue
 from kombu import Consumer as KombuMessageConsumer
 
 from exporter.config import Config
 from exporter.ingest.base import Consumer
 from exporter.pipeline import Pipeline
 
-QUEUE_TTL = 60.0
-QUEUE_EXPIRES = 60.0
+# Celery's event_queue_ttl: an event still queued after 5 s is stale for a live view, and
+# a stalled exporter must not make the broker hoard the whole fleet's stream for it.
+QUEUE_TTL = 5.0
+QUEUE_EXPIRES = 60.0  # Celery's event_queue_expires
 QUEUE_MAX_LENGTH = 1_000_000
+# A byte cap as well: task events carry args/kwargs reprs and exceptions, so a count alone
+# does not bound the broker's memory. The oldest events go first (drop-head).
+QUEUE_MAX_BYTES = 64 << 20
+QUEUE_PREFIX = "celeryev.celery-events-exporter."
 READ_AHEAD = 1 << 16
 DRAIN_TIMEOUT = 1.0
 COALESCE_BYTES = 8 << 10
@@ -32,16 +45,21 @@ class KombuConsumer(Consumer):
 
     def __init__(self, config: Config, pipeline: Pipeline) -> None:
         super().__init__(config, pipeline)
-        self.queue_name = f"celeryev.celery-events-exporter.{uuid.uuid4()}"
+        self.queue_name = ""
         self._conn: Connection | None = None
 
     def _queue(self, conn: Connection) -> Queue:
         # Redis turns the event exchange into a fanout one; everywhere else it is a topic.
         kind = "fanout" if conn.transport.driver_type == "redis" else "topic"
         exchange = Exchange(self.config.events_exchange, type=kind)
+        # A fresh name per connection: after a network cut the broker may keep the old
+        # connection (and its exclusive queue) until its heartbeat times out, and declaring
+        # that name again from the new connection would fail with RESOURCE_LOCKED.
+        self.queue_name = f"{QUEUE_PREFIX}{uuid.uuid4()}"
         return Queue(self.queue_name, exchange=exchange, routing_key="#", durable=False,
-                     auto_delete=True, message_ttl=QUEUE_TTL, expires=QUEUE_EXPIRES,
-                     max_length=QUEUE_MAX_LENGTH)
+                     auto_delete=True, exclusive=True, message_ttl=QUEUE_TTL,
+                     expires=QUEUE_EXPIRES, max_length=QUEUE_MAX_LENGTH,
+                     max_length_bytes=QUEUE_MAX_BYTES)
 
     def consume(self) -> None:
         conn = self._conn = Connection(self.config.broker_url,
@@ -51,12 +69,7 @@ class KombuConsumer(Consumer):
             conn.ensure_connection(max_retries=1)
             _tune(conn, DRAIN_TIMEOUT)
             pipeline = self.pipeline
-            body = pipeline.body
             clock = time.time
-
-            def on_message(message) -> None:  # kombu.Message, or py-amqp's own
-                body(message.body, message.content_type, clock())
-
             channel = conn.default_channel
             queue = self._queue(conn)
             if conn.transport.driver_type == "amqp":
@@ -64,11 +77,13 @@ class KombuConsumer(Consumer):
                 # about as much as our whole decode.
                 bound = queue(channel)
                 bound.declare()
-                channel.basic_consume(queue=bound.name, no_ack=True, callback=on_message)
+                channel.basic_consume(queue=bound.name, no_ack=True,
+                                      callback=amqp_on_message(pipeline, clock))
                 consumer = contextlib.nullcontext()
             else:
                 consumer = KombuMessageConsumer(channel, queues=[queue], no_ack=True,
-                                                on_message=on_message, accept=[])
+                                                on_message=kombu_on_message(pipeline, clock),
+                                                accept=[])
             with consumer:
                 pipeline.set_connected(True, clock())
                 next_beat = 0.0
@@ -92,11 +107,38 @@ class KombuConsumer(Consumer):
         conn = self._conn
         if conn is not None:
             try:
-                sock = conn.transport.sock if hasattr(conn.transport, "sock") else None
+                # The client's own connection (py-amqp: its transport holds the socket);
+                # `conn.connection` would open one if there were none.
+                raw = getattr(conn, "_connection", None)
+                sock = getattr(getattr(raw, "transport", None), "sock", None)
                 if sock is not None:
                     sock.shutdown(socket.SHUT_RDWR)
             except Exception:  # closing from another thread is best effort
                 pass
+
+
+def amqp_on_message(pipeline: Pipeline, clock: Callable[[], float]) -> Callable[[Any], None]:
+    """The callback for py-amqp's own messages (amqp.basic_message.Message)."""
+    body = pipeline.body
+
+    def on_message(message: Any) -> None:
+        # `message.content_type` raises AttributeError when the publisher set no content
+        # type (py-amqp looks properties up on attribute access), which would tear the
+        # connection down; from the dict it is None, counted as invalid and dropped.
+        body(message.body, message.properties.get("content_type"), clock())
+
+    return on_message
+
+
+def kombu_on_message(pipeline: Pipeline,
+                     clock: Callable[[], float]) -> Callable[[Message], None]:
+    """The callback for kombu's Message (every transport but py-amqp's)."""
+    body = pipeline.body
+
+    def on_message(message: Message) -> None:
+        body(message.body, message.content_type, clock())
+
+    return on_message
 
 
 class _ReadAhead:

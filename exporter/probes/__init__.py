@@ -1,4 +1,9 @@
-"""Broker probes on their own timer: a scrape only ever reads their cached results."""
+"""Broker probes on their own timer: a scrape only ever reads their cached results.
+
+Every run has a deadline. A broker that keeps the TCP connection up but stops answering
+would otherwise block a client call for ever (py-amqp waits for a reply frame without a
+timeout), freezing the probe thread with the last result still shown as a success.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class ProbeStatus:
     errors: int = 0
     last_error: str = ""
     last_run: float = 0.0
+    last_success: float = 0.0  # wall clock; 0 until the first success
 
 
 class ProbeResults:
@@ -44,12 +50,28 @@ class ProbeResults:
 class Probe:
     name = "probe"
     interval = 15.0
+    timeout = 5.0
+
+    @property
+    def deadline(self) -> float:
+        """Seconds a run may take before it is given up: each client call is bounded by
+        `timeout` where the client allows it; this bounds the whole run regardless."""
+        return 3 * self.timeout + 5.0
 
     def run(self, results: ProbeResults) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         """Release connections."""
+
+    def abort(self) -> None:
+        """Called from another thread when a run overran its deadline: drop connections
+        without waiting on the broker, so the blocked call fails and the run ends."""
+        self.close()
+
+
+class DeadlineExceeded(TimeoutError):
+    pass
 
 
 class ProbeRunner:
@@ -60,6 +82,7 @@ class ProbeRunner:
         self.clock = clock
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self._stuck: dict[str, threading.Thread] = {}
         for probe in probes:
             results.register(probe.name)
 
@@ -67,9 +90,9 @@ class ProbeRunner:
         started = self.clock()
         error = ""
         try:
-            probe.run(self.results)
+            self._run_with_deadline(probe)
         except Exception as exc:  # a failing probe is reported, never fatal
-            error = f"{type(exc).__name__}: {exc}"
+            error = _describe(exc, probe)
             log.warning("probe %s failed: %s", probe.name, error)
         duration = self.clock() - started
         with self.results.lock:
@@ -80,6 +103,38 @@ class ProbeRunner:
             if error:
                 status.errors += 1
                 status.last_error = error
+            else:
+                status.last_success = status.last_run
+
+    def _run_with_deadline(self, probe: Probe) -> None:
+        stuck = self._stuck.get(probe.name)
+        if stuck is not None:
+            if stuck.is_alive():
+                # Never a second thread into a client that is still blocked.
+                raise DeadlineExceeded(f"the run started past its deadline "
+                                       f"({probe.deadline:g}s) is still blocked on the broker")
+            del self._stuck[probe.name]
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                probe.run(self.results)
+            except BaseException as exc:  # handed to run_once, which reports it
+                failure.append(exc)
+
+        thread = threading.Thread(target=target, name=f"probe-{probe.name}", daemon=True)
+        thread.start()
+        thread.join(probe.deadline)
+        if thread.is_alive():
+            self._stuck[probe.name] = thread
+            try:
+                probe.abort()
+            except Exception as exc:  # the broker is not answering: dropping is best effort
+                log.debug("aborting probe %s: %s", probe.name, exc)
+            raise DeadlineExceeded(f"no answer within the {probe.deadline:g}s deadline "
+                                   f"(broker reachable but not answering?)")
+        if failure:
+            raise failure[0]
 
     def loop(self) -> None:
         due = {probe.name: 0.0 for probe in self.probes}
@@ -107,3 +162,10 @@ class ProbeRunner:
                 probe.close()
             except Exception as exc:  # shutting down: nothing left to report to
                 log.debug("closing probe %s: %s", probe.name, exc)
+
+
+def _describe(exc: BaseException, probe: Probe) -> str:
+    text = str(exc)
+    if not text and isinstance(exc, TimeoutError):  # socket timeouts come without a message
+        text = f"no answer from the broker within {probe.timeout:g}s (--probe-timeout)"
+    return f"{type(exc).__name__}: {text}"

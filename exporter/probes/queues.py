@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -72,8 +74,12 @@ class AmqpQueueProbe(Probe):
         from kombu import Connection
 
         if self._conn is None:
+            # read/write timeouts bound every wait for a reply frame: without them py-amqp
+            # waits for ever on a broker that keeps the connection but stops answering.
+            options = {"read_timeout": self.timeout, "write_timeout": self.timeout,
+                       **self.transport_options}
             self._conn = Connection(self.broker_url, connect_timeout=self.timeout,
-                                    transport_options=self.transport_options)
+                                    transport_options=options)
             self._conn.ensure_connection(max_retries=1)
         return self._conn
 
@@ -109,6 +115,20 @@ class AmqpQueueProbe(Probe):
                 self._conn.release()
             finally:
                 self._conn = None
+
+    def abort(self) -> None:
+        # release() would wait for the broker's close-ok; shutting the socket down does not.
+        conn, self._conn = self._conn, None
+        shutdown_socket(conn)
+
+
+def shutdown_socket(conn) -> None:  # conn: kombu.Connection | None
+    """Break a py-amqp connection from another thread, without talking to the broker."""
+    raw = getattr(conn, "_connection", None)  # `conn.connection` would open one
+    sock = getattr(getattr(raw, "transport", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class ManagementProbe(Probe):

@@ -6,7 +6,9 @@ reply limit, never on a scrape.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from exporter.pipeline import Pipeline
 from exporter.probes import Probe, ProbeResults
@@ -27,15 +29,32 @@ class InspectProbe(Probe):
     def __init__(self, broker_url: str, transport_options: dict, pipeline: Pipeline,
                  interval: float, timeout: float,
                  live_workers: Callable[[], int] | None = None) -> None:
-        from celery import Celery
-
-        self.app = Celery("celery-events-exporter", broker=broker_url, set_as_current=False)
-        self.app.conf.broker_transport_options = transport_options
-        self.app.conf.broker_connection_retry_on_startup = False
+        self.broker_url = broker_url
+        self.transport_options = transport_options
         self.pipeline = pipeline
         self.base_interval = self.interval = interval
         self.timeout = timeout
         self.live_workers = live_workers
+        self.app = self._new_app()
+
+    def _new_app(self):  # -> celery.Celery
+        from celery import Celery
+
+        app = Celery("celery-events-exporter", broker=self.broker_url, set_as_current=False)
+        options = dict(self.transport_options)
+        if urlsplit(self.broker_url).scheme.split("+", 1)[0] in ("amqp", "amqps", "pyamqp"):
+            # Bound every wait for a reply frame (a declare, the channel open): py-amqp
+            # waits for ever on a broker that keeps the connection but stops answering.
+            options = {"read_timeout": self.timeout, "write_timeout": self.timeout, **options}
+        app.conf.broker_transport_options = options
+        app.conf.broker_connection_timeout = self.timeout
+        app.conf.broker_connection_retry_on_startup = False
+        app.conf.broker_connection_max_retries = 0
+        # Reply queues: exclusive, as Celery's default (RabbitMQ 4.3 refuses transient
+        # non-exclusive queues); said here so that no environment can change it.
+        app.conf.control_queue_exclusive = True
+        app.conf.control_queue_durable = False
+        return app
 
     def run(self, results: ProbeResults) -> None:
         limit = self.live_workers() if self.live_workers else None
@@ -68,5 +87,26 @@ class InspectProbe(Probe):
                     frozenset(q["name"] for q in names if isinstance(q, dict) and "name" in q)
                     if isinstance(names, list) else None)
 
+    def conf(self, keys: tuple[str, ...],
+             workers: list[str]) -> dict[str, dict[str, object]]:
+        """These settings of the named workers (`inspect conf`, defaults included: a worker
+        reports only what differs from Celery's defaults otherwise). Addressed by name: on
+        RabbitMQ every app of the vhost shares the control exchange, and another app's
+        workers would answer a broadcast too."""
+        inspect = self.app.control.inspect(timeout=self.timeout, destination=workers,
+                                           limit=len(workers))
+        replies = inspect.conf(with_defaults=True) or {}
+        return {host: {k: conf[k] for k in keys if k in conf}
+                for host, conf in replies.items() if isinstance(conf, dict)}
+
     def close(self) -> None:
         self.app.close()
+
+    def abort(self) -> None:
+        # The blocked run keeps the old app; the next run gets a fresh one (its own mailbox
+        # and reply queue). kombu keys connection pools by broker URL, so both apps share
+        # one pool: its connections are collected (sockets closed without a word to the
+        # broker, which ends a call blocked on one), the pool itself stays open.
+        old, self.app = self.app, self._new_app()
+        with contextlib.suppress(Exception):
+            old.pool.force_close_all(close_pool=False)

@@ -66,8 +66,10 @@ def test_events_disabled_detected_and_check_reports(
                      "celery_exporter_task_events_missing 1")
     assert m.get("celery_worker_task_events_missing", worker=quiet.node) == 1
     assert m.series("celery_task_received_total") == []
+    # Ready all the same: the exporter cannot turn the fleet's events on, and a restart
+    # would not either; the warning stays in the body, the metric and the log.
     code, text = exp_off.get("/readyz")
-    assert code == 503 and "-E" in text, (code, text)
+    assert code == 200 and "-E" in text, (code, text)
 
     m = exp_on.scrape()
     assert m.value("celery_exporter_task_events_missing") == 0
@@ -100,3 +102,38 @@ def test_broker_unreachable(broker: Broker, procs: Procs) -> None:
     code, _ = exporter.get("/healthz")
     assert code == 200
     assert exporter.proc.alive()
+
+
+def test_check_with_no_task_running_asks_the_workers(
+        broker: Broker, procs: Procs, request: pytest.FixtureRequest) -> None:
+    """No task runs while `check` listens, so no event can tell whether task events are on:
+    `check` asks the workers' configuration (`inspect conf`) instead of calling that fine.
+    `off`: a worker started without -E and worker_send_task_events False; `on`: a worker
+    whose configuration sends them."""
+    off, on = broker, make_broker(request, broker.kind)
+    exp_off = Exporter(procs, off, name="exporter-off")
+    exp_on = Exporter(procs, on, name="exporter-on")
+    quiet = Worker(procs, off, "idle-quiet", queues=["default"], concurrency=1, events=False)
+    loud = Worker(procs, on, "idle-loud", queues=["other"], concurrency=1)
+    exp_off.wait_up(quiet.node)
+    exp_on.wait_up(loud.node)
+
+    check_off = run_check(procs, off, CHECK_SECONDS, "check-idle-off")
+    check_on = run_check(procs, on, CHECK_SECONDS, "check-idle-on")
+    assert check_off.wait_exit(60) == 1, tail(check_off.log, 60)
+    out = check_off.log.read_text()
+    assert "Everything looks right" not in out, out
+    problems = [line for line in out.splitlines() if line.startswith("PROBLEM")]
+    assert any(quiet.node in line and "worker_send_task_events" in line
+               for line in problems), out
+    assert "Traceback" not in out, out
+
+    assert check_on.wait_exit(60) == 0, tail(check_on.log, 60)
+    out = check_on.log.read_text()
+    assert "PROBLEM" not in out and "Traceback" not in out, out
+    assert re.search(rf"^Task events: on in the configuration of every worker "
+                     rf"\(1: {re.escape(loud.node)}\)", out, re.M), out
+    # No task was published: whether producers send task-sent cannot be known, so the
+    # report does not claim that everything is right.
+    assert re.search(r"^UNKNOWN: .*task_send_sent_event", out, re.M), out
+    assert "Everything looks right" not in out, out

@@ -5,17 +5,31 @@ Each test owns its broker (the session fixtures' brokers are shared and must not
 real Celery worker and the exporter as a subprocess. The exporter must stay up, say it is
 disconnected, reconnect within seconds of the broker's return, keep its counters
 monotonic, and count the events published after the return. Reconnect times are printed.
+
+A stalled broker (TCP up, nothing answers) is produced by a proxy that stops moving bytes:
+the probes must fail at their deadline and recover, never freeze.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import socket
 import subprocess
+import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.collector import CeleryCollector
+from exporter.pipeline import Pipeline
+from exporter.probes import Probe, ProbeResults, ProbeRunner
+from exporter.probes.queues import AmqpQueueProbe
+from exporter.probes.workers import InspectProbe
+from exporter.state import State
 from tests.support.procs import (
     ExporterProc,
     Producer,
@@ -27,12 +41,16 @@ from tests.support.procs import (
     wait_until,
 )
 from tests.support.servers import RabbitServer, RedisServer, free_port
+from tests.support.stallproxy import StallProxy
 
 # Backoff tops out at 30 s (exporter/ingest/base.py): a reconnect is waited for that long
 # plus margin. These are bounds for a hung test, not timing assertions; the measured
 # figure is printed.
 RECONNECT_BOUND = 45.0
 EXPORTER_FLAGS = ("--probe-interval", "2", "--inspect-interval", "5", "--probe-timeout", "2")
+PROBE_TIMEOUT = 1.0
+HANG_GUARD = 90.0  # far beyond any probe deadline: only a probe that never returns hits it
+PROBE_LAST_SUCCESS = "celery_exporter_probe_last_success_timestamp_seconds"
 
 
 class Recorder:
@@ -220,3 +238,111 @@ def test_rabbitmq_absent_at_start_then_killed_and_restarted() -> None:
         exp.stop()
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def _run_guarded(runner: ProbeRunner, probe: Probe) -> None:
+    """run_once in a thread: a probe that hangs fails this test instead of hanging it."""
+    thread = threading.Thread(target=runner.run_once, args=(probe,), daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive(), f"probe {probe.name} still blocked after {HANG_GUARD:g}s"
+
+
+def _exposed(pipeline: Pipeline, results: ProbeResults, name: str, probe: str) -> float:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CeleryCollector(pipeline, results))
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("probe") == probe:
+                return sample.value
+    raise AssertionError(f"{name}{{probe={probe!r}}} is not exposed")
+
+
+@pytest.mark.amqp
+def test_stalled_broker_fails_the_probes_instead_of_freezing_them(amqp_url: str) -> None:
+    """TCP up, broker silent (a proxy that stops moving bytes, in front of the real
+    RabbitMQ): the queue probe and inspect give up at their deadline, probe_success goes 0,
+    the last-success timestamp stops, and both recover once the broker answers again."""
+    parts = urlsplit(amqp_url)
+    proxy = StallProxy(parts.port or 5672)
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}"
+                                           f"@127.0.0.1:{proxy.port}"))
+    pipeline = Pipeline(State())
+    results = ProbeResults()
+    queues = AmqpQueueProbe(url, {}, lambda: ["celery"], 1, PROBE_TIMEOUT)
+    # live_workers None: no worker is running, and none has to answer for a run to pass.
+    inspect = InspectProbe(url, {}, pipeline, 1, PROBE_TIMEOUT)
+    runner = ProbeRunner([queues, inspect], results)
+    try:
+        for probe in (queues, inspect):
+            _run_guarded(runner, probe)
+            assert results.status[probe.name].success, results.status[probe.name]
+        good = {p.name: _exposed(pipeline, results, PROBE_LAST_SUCCESS, p.name)
+                for p in (queues, inspect)}
+        assert all(v > 0 for v in good.values()), good
+
+        proxy.stall()
+        for probe in (queues, inspect):
+            _run_guarded(runner, probe)
+            status = results.status[probe.name]
+            assert not status.success, status
+            assert "no answer" in status.last_error, status.last_error
+            assert _exposed(pipeline, results, "celery_exporter_probe_success", probe.name) == 0
+            assert _exposed(pipeline, results, PROBE_LAST_SUCCESS, probe.name) == good[probe.name]
+            # Still stalled: the next run is refused at once while the last one is stuck,
+            # or fails at its deadline again; either way it is a failure, not a hang.
+            _run_guarded(runner, probe)
+            assert not results.status[probe.name].success
+
+        proxy.resume()
+        for probe in (queues, inspect):
+            wait_until(lambda p=probe: (_run_guarded(runner, p),
+                                        results.status[p.name].success)[1], 60,
+                       interval=0.5, what=f"{probe.name} to succeed again")
+            assert _exposed(pipeline, results, PROBE_LAST_SUCCESS, probe.name) > good[probe.name]
+    finally:
+        proxy.resume()
+        runner.stop()
+        proxy.close()
+
+
+class _SilentPeerProbe(Probe):
+    """A client with no timeout of its own: a blocking read on a connection whose peer
+    never answers (the stalled proxy), as py-amqp waits for a frame when no read timeout
+    is set. Stands in for any client call the probes cannot bound themselves."""
+
+    name = "silent_peer"
+    timeout = 0.1
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def run(self, results: ProbeResults) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), 5)
+        self.sock.settimeout(None)
+        self.sock.recv(1)
+
+    def abort(self) -> None:
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_probe_blocked_past_its_deadline_is_failed_and_aborted(redis_url: str) -> None:
+    proxy = StallProxy(urlsplit(redis_url).port or 6379)
+    proxy.stall()
+    probe = _SilentPeerProbe(proxy.port)
+    results = ProbeResults()
+    runner = ProbeRunner([probe], results)
+    try:
+        _run_guarded(runner, probe)
+        status = results.status[probe.name]
+        assert not status.success and "deadline" in status.last_error, status
+        assert status.last_success == 0
+        # abort() shut the socket: the blocked call ended, so the next run is a new one.
+        stuck = runner._stuck.get(probe.name)
+        assert stuck is not None
+        stuck.join(HANG_GUARD)
+        assert not stuck.is_alive()
+    finally:
+        proxy.close()

@@ -1,26 +1,32 @@
 """Hostile and broken payloads through the real decoder, pipeline, state and collector.
 
 Hypothesis generates random, truncated, oversized, wrongly typed and non-JSON payloads,
-pickle payloads and unknown event types, as Redis envelopes and as AMQP bodies. For every
-payload: no exception escapes, nothing is unpickled, and the drop is counted by reason
-(a payload the decoder rejects adds exactly one to `invalid[reason]`; a decoded batch of k
-events adds k to `events_total` + `invalid{not_an_object|missing_type}`). At the end the
-accumulated state renders to an exposition that `promtool check metrics` accepts.
+pickle payloads and unknown event types, as Redis envelopes and as AMQP messages; AMQP
+messages go through the consumer's own on-message callbacks (py-amqp's and kombu's
+message objects, with and without a content-type property). Each generator records what
+it made: the reason a payload must be dropped for, or how many items it carries. For every
+payload: no exception escapes, nothing is unpickled, a payload made broken adds exactly one
+to `invalid[reason]`, and one carrying k items adds k to `events_total` +
+`invalid{not_an_object|missing_type}`. At the end the accumulated state renders to an
+exposition that `promtool check metrics` accepts.
 """
 
 from __future__ import annotations
 
 import base64
 import pickle
+import string
 from collections.abc import Callable
 
 import orjson
+from amqp.basic_message import Message as AmqpMessage
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from kombu import Message as KombuMessage
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.collector import CeleryCollector
-from exporter.decode import Invalid, decode_body, decode_envelope
+from exporter.ingest.kombu import amqp_on_message, kombu_on_message
 from exporter.pipeline import Pipeline
 from exporter.state import State, StateConfig
 from tests.reliability.conftest import promtool_check
@@ -108,55 +114,97 @@ event = st.one_of(plausible_event, plausible_event, wild_event)
 body_value = st.one_of(event, st.lists(st.one_of(event, json_value), max_size=4), json_value)
 
 
+# What a generator made, as it knows it: the reason the payload must be dropped for, or the
+# number of items it carries (each item then counts as an event or a state-level drop).
+Outcome = str | int
+JSON = "application/json"
+B64_ALPHABET = string.ascii_letters + string.digits + "+/"
+
+
+def _items(value: object) -> Outcome:
+    if isinstance(value, dict):
+        return 1
+    if isinstance(value, list):
+        return len(value)
+    return "not_an_object"
+
+
 @st.composite
-def json_bytes(draw) -> bytes:
-    data = orjson.dumps(draw(body_value))
+def json_bytes(draw) -> tuple[bytes, Outcome]:
+    """A body and what parsing it must give (its size is judged by the caller)."""
+    value = draw(body_value)
+    data = orjson.dumps(value)
+    outcome = _items(value)
     how = draw(st.sampled_from(["whole"] * 5 + ["truncate", "pad", "garbage", "pickle"]))
-    if how == "truncate" and len(data) > 1:
+    if how == "truncate" and data[:1] in (b"{", b"["):
+        # A proper prefix of an array or object is never complete JSON.
         data = data[: draw(st.integers(0, len(data) - 1))]
+        outcome = "malformed_json"
     elif how == "pad":  # oversized, or close to the limit
         data = data + b" " * draw(st.integers(MAX_BYTES - len(data) - 8, MAX_BYTES + 64))
-    elif how == "garbage":
-        data = draw(st.binary(max_size=200))
+    elif how == "garbage":  # 0xff is never valid UTF-8, so never JSON
+        data = b"\xff" + draw(st.binary(max_size=200))
+        outcome = "malformed_json"
     elif how == "pickle":
         data = PICKLE
-    return data
+        outcome = "malformed_json"
+    return data, outcome
+
+
+def _sized(raw: bytes | str, outcome: Outcome) -> Outcome:
+    return "oversized" if len(raw) > MAX_BYTES else outcome
 
 
 @st.composite
-def envelopes(draw) -> bytes:
-    body = draw(json_bytes())
+def envelopes(draw) -> tuple[bytes, Outcome]:
+    body, outcome = draw(json_bytes())
     shape = draw(st.sampled_from(["base64"] * 6 + [
         "plain", "other_encoding", "bad_base64", "pickle_type", "random_type", "not_dict", "raw",
         "fields"]))
-    ctype = "application/json"
+    ctype: object = JSON
     props: object = {"body_encoding": "base64", "delivery_info": {"routing_key": "task.x"}}
     text: object = base64.b64encode(body).decode()
     if shape == "plain":
         props = {}
+        # Valid JSON stays valid; invalid bytes stay invalid (U+FFFD starts no JSON value).
         text = body.decode(errors="replace")
     elif shape == "other_encoding":
-        props = {"body_encoding": draw(st.one_of(hostile_text, json_value))}
+        props = {"body_encoding": draw(st.one_of(hostile_text, json_value).filter(
+            lambda v: v is not None and v != "base64"))}
+        outcome = "body_encoding"
     elif shape == "bad_base64":
-        text = draw(st.text(max_size=30)) + "!*"
+        # 4n+1 base64 characters can never decode, whatever junk is around them.
+        chars = draw(st.text(alphabet=B64_ALPHABET, max_size=28))
+        text = chars[: len(chars) // 4 * 4] + "A" + "!*"
+        outcome = "malformed_body"
     elif shape == "pickle_type":
         ctype = "application/x-python-serialize"
         text = base64.b64encode(PICKLE).decode()
+        outcome = "content_type"
     elif shape == "random_type":
-        ctype = draw(st.one_of(hostile_text, json_value))
+        ctype = draw(st.one_of(hostile_text, json_value).filter(lambda v: v != JSON))
+        outcome = "content_type"
     elif shape == "not_dict":
-        return orjson.dumps(draw(st.lists(json_value, max_size=3)))
+        raw = orjson.dumps(draw(st.lists(json_value, max_size=3)))
+        return raw, _sized(raw, "malformed_envelope")
     elif shape == "raw":
-        return draw(json_bytes())
+        # A bare body as the envelope: an object lacks "content-type" (generated keys are
+        # shorter), anything else is no envelope at all.
+        is_object = isinstance(outcome, int) and body.lstrip()[:1] == b"{"
+        return body, _sized(body, "content_type" if is_object else "malformed_envelope")
     elif shape == "fields":
-        props = draw(json_value)
-        text = draw(st.one_of(st.just(text), json_value))
+        props = draw(json_value)  # never has a "body_encoding" key: generated keys are shorter
+        text = draw(st.one_of(st.just(text), json_value.filter(lambda v: not isinstance(v, str))))
+        # Without an encoding the base64 text itself is parsed, and base64 of these bodies
+        # starts with a letter or "/" (or is empty): never JSON.
+        outcome = "malformed_json" if isinstance(text, str) else "malformed_envelope"
     env = {"body": text, "content-type": ctype, "content-encoding": "utf-8",
            "headers": {}, "properties": props}
     raw = orjson.dumps(env)
     if draw(st.integers(0, 9)) == 0 and len(raw) > 1:
-        raw = raw[: draw(st.integers(0, len(raw) - 1))]
-    return raw
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]  # a proper prefix of an object
+        outcome = "malformed_envelope"
+    return raw, _sized(raw, outcome)
 
 
 def _envelope(body: bytes, ctype: object = "application/json",
@@ -198,11 +246,18 @@ AMQP_SEEDS = {
 }
 
 
-amqp_messages = st.tuples(
-    st.one_of(json_bytes(), json_bytes().map(lambda b: b.decode(errors="replace"))),
-    st.one_of(st.just("application/json"), st.just("application/json"),
-              st.just("application/json"), st.just("application/x-python-serialize"),
-              st.just("application/x-yaml"), st.none(), hostile_text))
+@st.composite
+def amqp_messages(draw) -> tuple[bytes | str, str | None, Outcome]:
+    body, outcome = draw(json_bytes())
+    if draw(st.booleans()):
+        body = body.decode(errors="replace")
+    ctype = draw(st.one_of(st.just(JSON), st.just(JSON), st.just(JSON),
+                           st.just("application/x-python-serialize"),
+                           st.just("application/x-yaml"), st.none(),
+                           hostile_text.filter(lambda v: v != JSON)))
+    if ctype != JSON:
+        return body, ctype, "content_type"
+    return body, ctype, _sized(body, outcome)
 
 
 def _nonzero(counts: dict[str, int]) -> dict[str, int]:
@@ -214,26 +269,27 @@ def _totals(state: State) -> tuple[int, dict[str, int]]:
 
 
 def _check_accounting(state: State, before: tuple[int, dict[str, int]],
-                      decoded: list | Invalid) -> None:
+                      outcome: Outcome) -> None:
     events_before, invalid_before = before
     events_after, invalid_after = _totals(state)
     delta = {k: v - invalid_before.get(k, 0) for k, v in invalid_after.items()
              if v != invalid_before.get(k, 0)}
     assert set(invalid_after) <= DECODE_REASONS | STATE_REASONS, invalid_after
-    if isinstance(decoded, Invalid):
-        assert delta == {decoded.reason: 1}
+    if isinstance(outcome, str):
+        assert delta == {outcome: 1}
         assert events_after == events_before
     else:
         accounted = (events_after - events_before + delta.get("not_an_object", 0)
                      + delta.get("missing_type", 0))
-        assert accounted == len(decoded), (decoded, delta)
+        assert accounted == outcome, (outcome, delta)
 
 
-def _decode(fn, *args) -> list | Invalid:
-    try:
-        return fn(*args)
-    except Invalid as exc:
-        return exc
+def _amqp_message(body: bytes | str, ctype: str | None, kind: str) -> object:
+    """The message object the broker client hands the consumer's callback."""
+    if kind == "kombu":
+        return KombuMessage(body=body, content_type=ctype)
+    # py-amqp sets only the properties the publisher sent: no content type, no attribute.
+    return AmqpMessage(body, **({} if ctype is None else {"content_type": ctype}))
 
 
 def _render_and_check(pipeline: Pipeline, promtool: str) -> bytes:
@@ -250,67 +306,86 @@ def _pipeline() -> Pipeline:
                                       worker_down_retention=5.0)), MAX_BYTES)
 
 
-def _feed_and_account(pipeline: Pipeline, seen: dict, decoded: object,
+def _feed_and_account(pipeline: Pipeline, seen: dict, outcome: Outcome,
                       feed: Callable[[], None]) -> None:
     """Feed one payload through the real pipeline and check every drop was counted once."""
     before = _totals(pipeline.state)
     feed()
-    _check_accounting(pipeline.state, before, decoded)
+    _check_accounting(pipeline.state, before, outcome)
     seen["payloads"] += 1
-    if isinstance(decoded, Invalid):
+    if isinstance(outcome, str):
         seen["rejected"] += 1
     else:
-        seen["events"] += len(decoded)
+        seen["items"] += outcome
+
+
+def _seed_outcome(reason: str) -> Outcome:
+    """A seed for a decoder reason is dropped whole; one for a state reason is one item."""
+    return reason if reason in DECODE_REASONS else 1
 
 
 def test_fuzz_redis_envelopes(promtool: str) -> None:
     pipeline = _pipeline()
-    seen = {"payloads": 0, "rejected": 0, "events": 0}
+    seen = {"payloads": 0, "rejected": 0, "items": 0}
     clock = [1_700_000_000.0]
 
     @FUZZ_SETTINGS
     @given(st.lists(envelopes(), min_size=1, max_size=4), st.floats(0, 5))
-    @example(list(REDIS_SEEDS.values()), 1.0)
-    def run(raws: list[bytes], step: float) -> None:
+    @example([(raw, _seed_outcome(reason)) for reason, raw in REDIS_SEEDS.items()], 1.0)
+    def run(made: list[tuple[bytes, Outcome]], step: float) -> None:
         clock[0] += step
-        for raw in raws:
-            _feed_and_account(pipeline, seen, _decode(decode_envelope, raw, MAX_BYTES),
+        for raw, outcome in made:
+            _feed_and_account(pipeline, seen, outcome,
                               lambda raw=raw: pipeline.envelopes([raw], clock[0]))
 
     run()
     assert UNPICKLED == []
-    assert seen["payloads"] >= 2 * EXAMPLES
     _render_and_check(pipeline, promtool)
-    print(f"\nfuzz redis envelopes: {seen['payloads']} payloads, {seen['rejected']} rejected by "
-          f"the decoder, {seen['events']} decoded events; invalid by reason "
+    print(f"\nfuzz redis envelopes: {seen['payloads']} payloads, {seen['rejected']} made "
+          f"broken, {seen['items']} items; invalid by reason "
           f"{_nonzero(pipeline.state.invalid)}")
     # Every way a Redis envelope can be wrong was generated and counted.
     assert set(REDIS_SEEDS) <= set(_nonzero(pipeline.state.invalid))
 
 
-def test_fuzz_amqp_bodies(promtool: str) -> None:
+def test_fuzz_amqp_messages_through_the_consumer_callbacks(promtool: str) -> None:
     pipeline = _pipeline()
-    seen = {"payloads": 0, "rejected": 0, "events": 0}
+    seen = {"payloads": 0, "rejected": 0, "items": 0}
     clock = [1_700_000_000.0]
+    callbacks = {"amqp": amqp_on_message(pipeline, lambda: clock[0]),
+                 "kombu": kombu_on_message(pipeline, lambda: clock[0])}
 
     @FUZZ_SETTINGS
-    @given(st.lists(amqp_messages, min_size=1, max_size=4), st.floats(0, 5))
-    @example(list(AMQP_SEEDS.values()), 1.0)
-    def run(messages: list[tuple[bytes | str, str | None]], step: float) -> None:
+    @given(st.lists(st.tuples(amqp_messages(), st.sampled_from(sorted(callbacks))),
+                    min_size=1, max_size=4), st.floats(0, 5))
+    @example([((body, ctype, _seed_outcome(reason)), kind)
+              for reason, (body, ctype) in AMQP_SEEDS.items() for kind in sorted(callbacks)],
+             1.0)
+    def run(made: list[tuple[tuple[bytes | str, str | None, Outcome], str]],
+            step: float) -> None:
         clock[0] += step
-        for body, ctype in messages:
-            _feed_and_account(pipeline, seen, _decode(decode_body, body, ctype, MAX_BYTES),
-                              lambda body=body, ctype=ctype: pipeline.body(body, ctype,
-                                                                           clock[0]))
+        for (body, ctype, outcome), kind in made:
+            message = _amqp_message(body, ctype, kind)
+            _feed_and_account(pipeline, seen, outcome,
+                              lambda m=message, kind=kind: callbacks[kind](m))
 
     run()
     assert UNPICKLED == []
-    assert seen["payloads"] >= 2 * EXAMPLES
     _render_and_check(pipeline, promtool)
-    print(f"\nfuzz amqp bodies: {seen['payloads']} payloads, {seen['rejected']} rejected by the "
-          f"decoder, {seen['events']} decoded events; invalid by reason "
-          f"{_nonzero(pipeline.state.invalid)}")
+    print(f"\nfuzz amqp messages: {seen['payloads']} payloads, {seen['rejected']} made broken, "
+          f"{seen['items']} items; invalid by reason {_nonzero(pipeline.state.invalid)}")
     assert set(AMQP_SEEDS) <= set(_nonzero(pipeline.state.invalid))
+
+
+def test_amqp_message_without_content_type_is_counted_and_dropped() -> None:
+    """A foreign publisher that sets no content type: counted, and the callback returns
+    (an exception here would tear the broker connection down)."""
+    pipeline = _pipeline()
+    on_message = amqp_on_message(pipeline, lambda: 1.7e9)
+    on_message(AmqpMessage(_event()))
+    on_message(AmqpMessage(_event(), content_type=JSON))
+    assert _nonzero(pipeline.state.invalid) == {"content_type": 1}
+    assert pipeline.state.event_types == {"task-succeeded": 1}
 
 
 def test_seeds_are_counted_under_their_own_reason() -> None:
