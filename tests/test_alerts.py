@@ -32,7 +32,8 @@ EXPECTED_ALERTS = {
     "CeleryTaskFailureBudgetBurn", "CeleryTaskQueueWaitHigh", "CeleryPrefetchBacklog",
     "CeleryQueueBacklogGrowing", "CeleryQueueNoConsumers", "CeleryWorkerDown",
     "CeleryNoWorkers", "CeleryTaskEventsMissing", "CeleryExporterDown",
-    "CeleryExporterBrokerDisconnected", "CeleryExporterFallingBehind",
+    "CeleryExporterBrokerDisconnected", "CeleryExporterFallingBehind", "CeleryTaskFailing",
+    "CeleryTasksDropped", "CeleryQueueStuck", "CeleryExporterAbsent",
 }
 
 
@@ -205,13 +206,13 @@ def test_each_alert_has_a_firing_case_at_the_for_boundary_and_a_silent_case() ->
         assert silent[rule["alert"]], f"no promtool case where {rule['alert']} stays silent"
 
 
-def test_worker_down_fires_within_the_exporter_retention() -> None:
-    # The promtool case proves the shape; this guards the flag: a for: that cannot fire
-    # before the exporter drops a dead worker's series is refused at generation time.
+def test_worker_down_for_must_fit_the_memory() -> None:
+    # The promtool cases prove the shape; this guards the flags: a for: that cannot fire
+    # well inside the time the alert remembers a dead worker is refused.
     assert RulesConfig().worker_down_for == "2m"
     with pytest.raises(ValueError, match="worker-down-for"):
-        RulesConfig(worker_down_for="5m")
-    RulesConfig(worker_down_for="5m", worker_down_retention="30m")
+        RulesConfig(worker_down_for="5m", worker_down_memory="10m")
+    RulesConfig(worker_down_for="5m", worker_down_memory="30m")
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -220,6 +221,11 @@ def test_worker_down_fires_within_the_exporter_retention() -> None:
     ({"event_lag_seconds": -1.0}, "--event-lag-seconds"),
     ({"job_selector": '{job="celery"}'}, "--job-selector"),
     ({"cluster_label": "bad-label"}, "--cluster-label"),
+    ({"replica_labels": "instance,bad-label"}, "--replica-labels"),
+    ({"task_failure_ratio": 1.0}, "--task-failure-ratio"),
+    ({"queues": {"reports": {"objective": 1.5}}}, "queues.reports.objective"),
+    ({"queues": {"reports": {"objectiv": 0.9}}}, "queues.reports: unknown"),
+    ({"tasks": {"t": {"task_failure_ratio": "high"}}}, "tasks.t.task_failure_ratio"),
 ])
 def test_invalid_config_names_the_flag(kwargs: dict[str, Any], flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
@@ -240,7 +246,7 @@ def test_cli_writes_rules_with_custom_thresholds(tmp_path: Path) -> None:
     text = (tmp_path / RULES_FILE).read_text(encoding="utf-8")
     assert "(14.4 * (1 - 0.995))" in text
     assert "> 120\n" in text
-    assert 'celery_worker_up{job="workers", env="prod"} == 0' in text
+    assert 'last_over_time(celery_worker_up{job="workers", env="prod"}[1d])' in text
     assert "cluster_job_queue:celery_task_failure:ratio_rate5m" in text
     assert "on (cluster, job)" in text
     proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
@@ -254,7 +260,8 @@ def test_cli_writes_rules_with_custom_thresholds(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(parse(["--out", str(tmp_path), "--worker-down-for", "9m"])) == 1
+    assert cli.run(parse(["--out", str(tmp_path), "--worker-down-for", "9m",
+                          "--worker-down-memory", "15m"])) == 1
     assert "--worker-down-for" in capsys.readouterr().err
     assert not (tmp_path / RULES_FILE).exists()
 
@@ -312,9 +319,11 @@ def test_opt_in_worker_down_on_clean_shutdown(tmp_path: Path) -> None:
     fired = [{"exp_labels": {"severity": "warning", "job": "celery", "worker": "w1@h"},
               "exp_annotations": {
                   "summary": "Celery worker w1@h is down.",
-                  "description": "Worker w1@h (job celery, exporter ) stopped sending "
-                                 "heartbeats or went offline. The exporter forgets it 10m "
-                                 "after that, which resolves this alert.",
+                  "description": "Worker w1@h (job celery) stopped sending heartbeats or "
+                                 "went offline. With grouped worker labels, every node of the "
+                                 "group is down. This keeps firing until the worker is back, "
+                                 "for up to 1d after the exporter forgot it: silence it if "
+                                 "the worker is gone for good.",
                   "runbook_url": f"{RUNBOOK_URL}#celeryworkerdown"}}]
     for flag, expected in (("--worker-down-on-clean-shutdown", fired),
                            ("--no-worker-down-on-clean-shutdown", [])):
