@@ -186,7 +186,8 @@ def test_panels_show_what_the_load_implies(demo: Demo, job: str) -> None:
     assert 0.5 < ratio < 0.99, ratio  # the load fails ~15-20% of its tasks
     (worst,) = panel_value(demo, "celery-overview", "Queue wait p95 (worst queue)", job)
     per_queue = panel_value(demo, "celery-queues", "Queue wait p95 by queue", job)
-    assert worst == max(per_queue)
+    # Two instant queries a moment apart: a scrape may land in between.
+    assert worst == pytest.approx(max(per_queue), rel=0.25)
 
 
 def test_an_ha_pair_counts_once(demo: Demo) -> None:
