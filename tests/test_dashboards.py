@@ -509,3 +509,36 @@ def test_upload_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_upload_verifies_tls() -> None:
     client = upload.Grafana("https://grafana.invalid", upload.Auth(token="t"))
     assert client.session.verify is True
+
+
+# --- the renderer behind the README pictures ---
+
+def panel_defaults(dashboard: str, title: str) -> dict[str, Any]:
+    panel = next(p for p in panels(build_all()[dashboard]) if p["title"] == title)
+    defaults: dict[str, Any] = panel["fieldConfig"]["defaults"]
+    return defaults
+
+
+def test_renderer_colours_stats_by_thresholds_and_mappings() -> None:
+    from dashboards.render import NAMED, stat_cell
+
+    ratio = panel_defaults("celery-overview.json", "Success ratio")
+    assert stat_cell(0.79, ratio) == ("79.00%", NAMED["red"])
+    assert stat_cell(0.995, ratio) == ("99.50%", NAMED["green"])
+    exporter = panel_defaults("celery-overview.json", "Exporter")
+    assert stat_cell(0, exporter) == ("DOWN", NAMED["red"])
+    assert stat_cell(1, exporter) == ("UP", NAMED["green"])
+    lost = panel_defaults("celery-overview.json", "Workers lost")
+    assert stat_cell(0, lost) == ("0", NAMED["green"])
+    assert stat_cell(2, lost) == ("2", NAMED["red"])
+
+
+@pytest.mark.parametrize("value, unit, text", [
+    (0.012, "s", "12 ms"), (4.5, "s", "4.50 s"), (290, "s", "4.8 min"),
+    (7200, "s", "2.0 hour"), (0.1234, "percentunit", "12.3%"), (12345, "short", "12.3 k"),
+    (3.5, "suffix:tasks/s", "3.5 tasks/s"), (2, "short", "2"),
+])
+def test_renderer_units(value: float, unit: str, text: str) -> None:
+    from dashboards.render import _format
+
+    assert _format(value, unit) == text
