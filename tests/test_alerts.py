@@ -334,3 +334,61 @@ def test_opt_in_worker_down_on_clean_shutdown(tmp_path: Path) -> None:
         proc = subprocess.run([promtool(), "test", "rules", "test.yml"], capture_output=True,
                               text=True, timeout=60, check=False, cwd=out)
         assert proc.returncode == 0, flag + "\n" + proc.stdout + proc.stderr
+
+
+def run_case(tmp_path: Path, config: str, case: dict[str, Any]) -> subprocess.CompletedProcess:
+    """Generate rules from a config file and run one promtool test file against them."""
+    (tmp_path / "monitoring.yml").write_text(config, encoding="utf-8")
+    assert cli.run(parse(["--out", str(tmp_path), "--config",
+                          str(tmp_path / "monitoring.yml")])) == 0
+    doc = {"rule_files": [RULES_FILE], "evaluation_interval": "1m",
+           "group_eval_order": ["celery.recording", "celery.alerts"], "tests": [case]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return subprocess.run([promtool(), "test", "rules", "test.yml"], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp_path)
+
+
+def firing(alert: str, *labels: str) -> dict[str, Any]:
+    """A promql_expr_test: exactly these label sets of `alert` are firing at 10m."""
+    return {"expr": f'ALERTS{{alertname="{alert}", alertstate="firing"}}', "eval_time": "10m",
+            "exp_samples": [{"labels": f'ALERTS{{alertname="{alert}", alertstate="firing", '
+                                       f'{lab}}}', "value": 1} for lab in labels]}
+
+
+def test_objectives_per_queue_and_task_from_the_config_file(tmp_path: Path) -> None:
+    """Reports may fail 20% (objective 90% puts the 1h pair out of reach), default may not;
+    one task may fail 70% of the time (its own 90% threshold), the others not over half."""
+    ok, ko = "celery_task_succeeded_total", "celery_task_failed_total"
+
+    def series(metric: str, queue: str, name: str, per_minute: int) -> dict[str, str]:
+        extra = ', exception="E"' if metric == ko else ""
+        return {"series": f'{metric}{{job="celery", instance="e:1", queue="{queue}", '
+                          f'name="{name}"{extra}}}', "values": f"0+{per_minute}x20"}
+
+    config = ("queues:\n  reports: {objective: 0.9}\n"
+              "tasks:\n  proj.flaky: {task_failure_ratio: 0.9}\n"
+              "task_failure_for: 1m\n")
+    case = {
+        "interval": "1m",
+        "input_series": [
+            # 20% failing on both queues: above 14.4 x 1% (default), below 14.4 x 10%.
+            series(ok, "default", "proj.add", 80), series(ko, "default", "proj.add", 20),
+            series(ok, "reports", "proj.report", 80), series(ko, "reports", "proj.report", 20),
+            # 70% failing: above the default 50%, below proj.flaky's 90%.
+            series(ok, "default", "proj.flaky", 3), series(ko, "default", "proj.flaky", 7),
+            series(ok, "default", "proj.other", 3), series(ko, "default", "proj.other", 7),
+        ],
+        "promql_expr_test": [
+            firing("CeleryTaskFailureBudgetBurn",
+                   'job="celery", long="1h", queue="default", severity="critical", '
+                   'short="5m"'),
+            firing("CeleryTaskFailing",
+                   'job="celery", name="proj.other", queue="default", severity="warning"'),
+        ],
+    }
+    proc = run_case(tmp_path, config, case)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The same case against the defaults: reports burns and proj.flaky fails too.
+    proc = run_case(tmp_path, "task_failure_for: 1m\n", case)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'queue="reports"' in out and "proj.flaky" in out, out
