@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -33,8 +34,13 @@ _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 def query_range(prometheus: str, expr: str, start: float, end: float, step: float) -> list:
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
-    with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{params}", timeout=30) as r:
-        body = json.load(r)
+    try:
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{params}",
+                                    timeout=30) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as exc:
+        # Prometheus says why in the body (bad_data, execution): name the query with it.
+        raise RuntimeError(f"{expr}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
     if body.get("status") != "success":
         raise RuntimeError(f"{expr}: {body}")
     return body["data"]["result"]
