@@ -207,9 +207,9 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
                         label=label[:40])
         style = (defaults.get("custom") or {}).get("thresholdsStyle") or {}
         if style.get("mode") == "line":
-            for step in (defaults.get("thresholds") or {}).get("steps") or []:
-                if step.get("value") is not None:
-                    ax.axhline(step["value"], color=_color(step.get("color")), lw=0.8,
+            for level in (defaults.get("thresholds") or {}).get("steps") or []:
+                if level.get("value") is not None:
+                    ax.axhline(level["value"], color=_color(level.get("color")), lw=0.8,
                                ls="--")
         ax.grid(color=GRID, lw=0.5)
         ax.set_xlabel("seconds before the snapshot", color=TEXT, fontsize=7)
