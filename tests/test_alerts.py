@@ -392,3 +392,23 @@ def test_objectives_per_queue_and_task_from_the_config_file(tmp_path: Path) -> N
     proc = run_case(tmp_path, "task_failure_for: 1m\n", case)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and 'queue="reports"' in out and "proj.flaky" in out, out
+
+
+def test_every_worker_facing_alert_is_tested_with_grouped_worker_labels() -> None:
+    """With --worker-label host|regex a worker series is a group (no `name@host`), whose up
+    counts live nodes: each alert that reads a worker gauge has a case fed like that."""
+    worker_metrics = {x.full() for x in (*m.WORKER_GAUGES, m.WORKER_POOL_PROCESSES)}
+    rules = rules_of(checked_in(), "expr")
+    recorded = {r["record"] for r in rules if "record" in r
+                and metric_names(r["expr"]) & worker_metrics}
+    facing = {r["alert"] for r in rules if "alert" in r
+              and metric_names(r["expr"]) & (worker_metrics | recorded)}
+    assert {"CeleryWorkerDown", "CeleryNoWorkers", "CeleryPrefetchBacklog"} <= facing
+    tested: set[str] = set()
+    for _, doc in load_tests():
+        for group in doc["tests"]:
+            grouped = [s for s in group.get("input_series", [])
+                       if re.match(r'celery_worker_\w+\{.*worker="[^"@]+"', s["series"])]
+            if grouped:
+                tested |= {c["alertname"] for c in group.get("alert_rule_test", [])}
+    assert facing <= tested, f"no grouped-label case for {sorted(facing - tested)}"
