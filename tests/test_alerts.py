@@ -412,3 +412,14 @@ def test_every_worker_facing_alert_is_tested_with_grouped_worker_labels() -> Non
             if grouped:
                 tested |= {c["alertname"] for c in group.get("alert_rule_test", [])}
     assert facing <= tested, f"no grouped-label case for {sorted(facing - tested)}"
+
+
+def test_example_config_generates_valid_rules_with_its_overrides(tmp_path: Path) -> None:
+    example = ROOT / "alerts" / "monitoring.example.yml"
+    assert cli.run(parse(["--out", str(tmp_path), "--config", str(example)])) == 0
+    text = (tmp_path / RULES_FILE).read_text(encoding="utf-8")
+    assert 'queue="reports"' in text and "(1 - 0.95)" in text and "> 600" in text
+    assert 'name="tasks.call_flaky_service"' in text and "> 0.8" in text
+    proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
