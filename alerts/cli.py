@@ -16,6 +16,33 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_config_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """`--config FILE` plus one flag per config field (or the fields in `only`), so a new
+    threshold cannot be added without its flag. Flags not given stay unset (SUPPRESS):
+    the file, then the field's default, fill them in `config_from_args`."""
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML file of settings (keys as these flags), including per-queue "
+                        "and per-task objectives; the same file drives rules and dashboards")
+    for f in fields(RulesConfig):
+        if f.metadata.get("file_only") or (only is not None and f.name not in only):
+            continue
+        default = f.default if f.default is not MISSING else None
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, bool):  # type=bool would read "False" as true
+            p.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, help=help_,
+                           action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(_flag(f.name), dest=f.name, type=type(default),
+                           default=argparse.SUPPRESS, help=help_)
+
+
+def config_from_args(args: argparse.Namespace) -> RulesConfig:
+    given = {f.name: getattr(args, f.name) for f in fields(RulesConfig) if hasattr(args, f.name)}
+    if args.config is not None:
+        return RulesConfig.from_file(args.config, **given)
+    return RulesConfig(**given)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "rules",
@@ -27,22 +54,13 @@ def register(subparsers: Any) -> None:
                    help=f"directory to write {RULES_FILE} into (default: %(default)s)")
     p.add_argument("--check", action="store_true",
                    help=f"do not write; exit 1 if DIR/{RULES_FILE} differs from the generator")
-    # One flag per config field, so a new threshold cannot be added without its flag.
-    for f in fields(RulesConfig):
-        default = f.default if f.default is not MISSING else None
-        help_ = f"{f.metadata.get('help', '')} (default: %(default)s)"
-        if isinstance(default, bool):  # type=bool would read "False" as true
-            p.add_argument(_flag(f.name), dest=f.name, default=default, help=help_,
-                           action=argparse.BooleanOptionalAction)
-        else:
-            p.add_argument(_flag(f.name), dest=f.name, type=type(default), default=default,
-                           help=help_)
+    add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = RulesConfig(**{f.name: getattr(args, f.name) for f in fields(RulesConfig)})
+        cfg = config_from_args(args)
     except ValueError as exc:
         print(f"rules: {exc}", file=sys.stderr)
         return 1

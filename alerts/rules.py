@@ -2,11 +2,17 @@
 
 Metric names come from `exporter.metrics`; a renamed metric breaks generation here
 instead of silently breaking an alert in production.
+
+High availability: two exporters on one broker both see every event, and Prometheus
+scrapes both. Every expression takes one replica's value per series before it sums
+(`max without (<replica labels>)`: the gauge of the replica that sees most, the rate of
+the replica that counted most), so one or two replicas up give the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +21,32 @@ import yaml
 from exporter import metrics as m
 from exporter.metrics import Metric
 
-from .config import RulesConfig
+from .config import RulesConfig, seconds
 
 RULES_FILE = "celery-rules.yml"
 
 # Failure-ratio windows: each burn-rate alert pairs a long window (is the budget really
 # burning?) with a short one (is it still burning now?), as in the SRE workbook, ch. 5.
 WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-# (long, short, burn rate): spending 2% of a 30-day budget in 1h, 5% in 6h (page);
-# 10% in 1d, 10% in 3d (ticket).
-PAGE_BURNS: tuple[tuple[str, str, float], ...] = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
-TICKET_BURNS: tuple[tuple[str, str, float], ...] = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
+
+
+@dataclass(frozen=True)
+class Burn:
+    long: str
+    short: str
+    rate: float
+    severity: str
+    for_key: str  # RulesConfig field holding this pair's `for:`
+    spends: str  # how fast the 30-day budget goes at this rate, for the description
+
+
+# Spending 2% of a 30-day budget in 1h, 5% in 6h (page); 10% in 1d, 10% in 3d (ticket).
+BURNS: tuple[Burn, ...] = (
+    Burn("1h", "5m", 14.4, "critical", "burn_1h_for", "about 2 days"),
+    Burn("6h", "30m", 6.0, "critical", "burn_6h_for", "5 days"),
+    Burn("1d", "2h", 3.0, "warning", "burn_1d_for", "10 days"),
+    Burn("3d", "6h", 1.0, "warning", "burn_3d_for", "30 days"),
+)
 QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
 RATE_WINDOW = "5m"
 
@@ -43,6 +64,10 @@ def num(value: float) -> str:
 
 def pct(ratio: float) -> str:
     return f"{ratio * 100:g}%"
+
+
+def quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True)
@@ -63,9 +88,29 @@ class PromQL:
     def m(self, metric: Metric, *extra: str, suffix: str = "") -> str:
         return self.name(metric, suffix) + self.sel(*extra)
 
-    def any_of(self, metrics: Sequence[Metric]) -> str:
+    def any_of(self, metrics: Sequence[Metric], *extra: str) -> str:
         names = "|".join(self.name(x) for x in metrics)
-        return self.sel(f'__name__=~"{names}"')
+        return self.sel(f'__name__=~"{names}"', *extra)
+
+    def one(self, expr: str) -> str:
+        """One HA replica's value per series (see the module docstring)."""
+        if not self.cfg.replicas:
+            return expr
+        return f"max without ({', '.join(self.cfg.replicas)}) ({expr})"
+
+    def rate(self, selector: str, window: str, fn: str = "rate") -> str:
+        return self.one(f"{fn}({selector}[{window}])")
+
+    def increase_seen(self, selector: str, window: str) -> str:
+        """increase() that also counts a series born inside the window.
+
+        The exporter creates a counter series at its first event, already at 1, and
+        increase() only sees growth between samples: a first expired task would be
+        invisible. A series absent `window` ago counts its whole value instead.
+        """
+        return self.one(f"({selector} unless {selector} offset {window}) + 0\n"
+                        f"  or\n"
+                        f"  increase({selector}[{window}])")
 
     @property
     def by(self) -> str:
@@ -75,9 +120,20 @@ class PromQL:
     def by_queue(self) -> str:
         return ", ".join((*self.cfg.group_labels, "queue"))
 
+    @property
+    def by_task(self) -> str:
+        return ", ".join((*self.cfg.group_labels, "queue", "name"))
+
+    @property
+    def by_replica(self) -> str:
+        return ", ".join((*self.cfg.group_labels, *self.cfg.replicas))
+
     # Recording rule names, `level:metric:operation`.
     def rate_rule(self, metric: Metric) -> str:
         return f"{self.cfg.level}:{self.name(metric).removesuffix('_total')}:rate{RATE_WINDOW}"
+
+    def finished_rule(self, window: str) -> str:
+        return f"{self.cfg.level}:{self.derived('task_finished')}:rate{window}"
 
     def failure_ratio_rule(self, window: str) -> str:
         return f"{self.cfg.level}:{self.derived('task_failure')}:ratio_rate{window}"
@@ -93,29 +149,70 @@ class PromQL:
         return f"{'_'.join(self.cfg.group_labels)}:{self.derived('workers_with_capacity')}:count"
 
 
+def overridden(label: str, defaults: dict[str, float], overrides: dict[str, dict[str, float]],
+               clause: Callable[[str, dict[str, float]], str]) -> str:
+    """One clause for everything at the defaults, one per overridden label value.
+
+    `overrides` maps a label value (a queue, a task name) to the settings it changes;
+    `clause(matcher, settings)` builds the condition for one matcher.
+    """
+    rest = ", ".join(f"{label}!={quote(v)}" for v in sorted(overrides))
+    clauses = [clause(rest, defaults)]
+    clauses += [clause(f"{label}={quote(v)}", {**defaults, **settings})
+                for v, settings in sorted(overrides.items())]
+    if len(clauses) == 1:
+        return textwrap.dedent(clauses[0])
+    return "\nor\n".join(f"(\n{c.rstrip()}\n)" for c in clauses) + "\n"
+
+
+def _matchers(*parts: str) -> str:
+    inner = ", ".join(p for p in parts if p)
+    return "{" + inner + "}" if inner else ""
+
+
+def _queue_overrides(cfg: RulesConfig, *keys: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in keys:
+        for queue, value in cfg.per_queue(key).items():
+            out.setdefault(queue, {})[key] = value
+    return out
+
+
+def _task_overrides(cfg: RulesConfig, *keys: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in keys:
+        for task, value in cfg.per_task(key).items():
+            out.setdefault(task, {})[key] = value
+    return out
+
+
 def recording_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
     p = PromQL(cfg)
     rules: list[dict[str, Any]] = []
     for metric in m.TASK_COUNTERS:
         rules.append({
             "record": p.rate_rule(metric),
-            "expr": f"sum by ({p.by_queue}) (rate({p.m(metric)}[{RATE_WINDOW}]))",
+            "expr": f"sum by ({p.by_queue}) ({p.rate(p.m(metric), RATE_WINDOW)})",
         })
     finished = p.any_of((m.TASK_SUCCEEDED, m.TASK_FAILED))
     for window in WINDOWS:
         # One selector over succeeded and failed keeps the denominator defined for a
         # queue whose every execution fails (no succeeded series at all).
         rules.append({
+            "record": p.finished_rule(window),
+            "expr": f"sum by ({p.by_queue}) ({p.rate(finished, window)})",
+        })
+        rules.append({
             "record": p.failure_ratio_rule(window),
-            "expr": (f"sum by ({p.by_queue}) (rate({p.m(m.TASK_FAILED)}[{window}]))\n"
+            "expr": (f"sum by ({p.by_queue}) ({p.rate(p.m(m.TASK_FAILED), window)})\n"
                      f"/\n"
-                     f"sum by ({p.by_queue}) (rate({finished}[{window}]))\n"),
+                     f"{p.finished_rule(window)}\n"),
         })
     for metric in m.HISTOGRAMS:
         rules.append({
             "record": p.bucket_rule(metric),
             "expr": (f"sum by ({p.by_queue}, le) "
-                     f"(rate({p.m(metric, suffix='_bucket')}[{RATE_WINDOW}]))"),
+                     f"({p.rate(p.m(metric, suffix='_bucket'), RATE_WINDOW)})"),
         })
         for q in QUANTILES:
             rules.append({
@@ -126,29 +223,32 @@ def recording_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
     active = p.m(m.WORKER_TASKS_ACTIVE)
     prefetched = p.m(m.WORKER_TASKS_PREFETCHED)
     # A worker can take more work when its busy + buffered tasks are below its pool size;
-    # without the inspect probe (no pool size) only a fully idle worker counts.
+    # without the inspect probe (no pool size) only a fully idle worker counts. With
+    # grouped worker labels (--worker-label host|regex) the gauges are sums over the
+    # group's nodes and `up` counts its live nodes, hence `> 0`.
+    free = (f"(\n"
+            f"  (\n"
+            f"    ({active} + {prefetched}) < {p.m(m.WORKER_POOL_PROCESSES)}\n"
+            f"    or\n"
+            f"    ({active} + {prefetched}) == 0\n"
+            f"  )\n"
+            f"  and\n"
+            f"  {p.m(m.WORKER_UP)} > 0\n"
+            f")")
     rules.append({
         "record": p.capacity_rule(),
-        "expr": (f"count by ({p.by}) (\n"
-                 f"  (\n"
-                 f"    ({active} + {prefetched}) < {p.m(m.WORKER_POOL_PROCESSES)}\n"
-                 f"    or\n"
-                 f"    ({active} + {prefetched}) == 0\n"
-                 f"  )\n"
-                 f"  and\n"
-                 f"  {p.m(m.WORKER_UP)} == 1\n"
-                 f")\n"),
+        "expr": f"count by ({p.by}) (\n{p.one(free)}\n)\n",
     })
     return rules
 
 
 def _alert(cfg: RulesConfig, name: str, expr: str, for_: str, severity: str, summary: str,
-           description: str) -> dict[str, Any]:
+           description: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "alert": name,
         "expr": expr,
         "for": for_,
-        "labels": {"severity": severity},
+        "labels": {"severity": severity, **(labels or {})},
         "annotations": {
             "summary": summary,
             "description": description,
@@ -157,67 +257,136 @@ def _alert(cfg: RulesConfig, name: str, expr: str, for_: str, severity: str, sum
     }
 
 
-def _burn_expr(p: PromQL, burns: Sequence[tuple[str, str, float]], objective: float) -> str:
-    budget = f"(1 - {num(objective)})"
-    clauses = [
-        f"(\n"
-        f"  {p.failure_ratio_rule(long)} > ({num(rate)} * {budget})\n"
-        f"  and\n"
-        f"  {p.failure_ratio_rule(short)} > ({num(rate)} * {budget})\n"
-        f")"
-        for long, short, rate in burns
-    ]
-    return "\nor\n".join(clauses) + "\n"
+def _objectives_text(cfg: RulesConfig) -> str:
+    text = f"an objective of {pct(cfg.objective)} succeeding"
+    per_queue = cfg.per_queue("objective")
+    if per_queue:
+        text += " (" + ", ".join(f"{q}: {pct(v)}" for q, v in per_queue.items()) + ")"
+    return text
+
+
+def burn_alerts(cfg: RulesConfig) -> list[dict[str, Any]]:
+    p = PromQL(cfg)
+    where = "queue {{ $labels.queue }} (job {{ $labels.job }})"
+    out = []
+    for burn in BURNS:
+        def clause(matcher: str, s: dict[str, float], burn: Burn = burn) -> str:
+            limit = f"({num(burn.rate)} * (1 - {num(s['objective'])}))"
+            sel = _matchers(matcher)
+            return (f"  {p.failure_ratio_rule(burn.long)}{sel} > {limit}\n"
+                    f"  and\n"
+                    f"  {p.failure_ratio_rule(burn.short)}{sel} > {limit}\n"
+                    f"  and\n"
+                    f"  {p.finished_rule(burn.long)}{sel} * {num(seconds(burn.long))} >= "
+                    f"{num(s['burn_min_executions'])}\n")
+        expr = overridden("queue", {"objective": cfg.objective,
+                                    "burn_min_executions": cfg.burn_min_executions},
+                          _queue_overrides(cfg, "objective", "burn_min_executions"), clause)
+        page = burn.severity == "critical"
+        out.append(_alert(
+            cfg, "CeleryTaskFailureBudgetBurn", expr, getattr(cfg, burn.for_key),
+            burn.severity,
+            "Celery tasks on queue {{ $labels.queue }} are burning the failure budget"
+            + (" fast." if page else "."),
+            f"{{{{ $value | humanizePercentage }}}} of task executions on {where} failed over "
+            f"the last {burn.long}, and still over the last {burn.short}, against "
+            f"{_objectives_text(cfg)}: {num(burn.rate)}x the error budget, which lasts "
+            f"{burn.spends} at this rate. Queues with fewer executions in {burn.long} than "
+            f"their minimum (default {num(cfg.burn_min_executions)}) do not fire.",
+            labels={"long": burn.long, "short": burn.short}))
+    return out
 
 
 def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
     p = PromQL(cfg)
     on = f"on ({p.by})"
+    on_queue = f"on ({p.by_queue})"
     where = "queue {{ $labels.queue }} (job {{ $labels.job }})"
     exporter = "{{ $labels.instance }} (job {{ $labels.job }})"
-    objective = pct(cfg.objective)
     length = f"max by ({p.by_queue}) ({p.m(m.QUEUE_LENGTH)})"
+    consumers = f"max by ({p.by_queue}) ({p.m(m.QUEUE_CONSUMERS)})"
     window = cfg.falling_behind_window
+    stuck = cfg.stuck_window
+    starts = f"sum by ({p.by_queue}) ({p.increase_seen(p.m(m.TASK_STARTED), stuck)}) > 0"
     # TTL evictions follow missed events and are expected; capacity ones mean the
     # in-flight table is too small for the load.
     evicted = p.m(m.TASKS_EVICTED, 'reason="capacity"')
+    memory = cfg.worker_down_memory
 
-    # Both series come from the same target with the same labels: a plain `unless` pairs them.
+    # last_over_time keeps a worker's last value after the exporter removed its series
+    # (range selections skip stale markers): a dead worker stays down until it is back.
+    up_last = p.one(f"last_over_time({p.m(m.WORKER_UP)}[{memory}])")
     if cfg.worker_down_on_clean_shutdown:
-        worker_down = f"{p.m(m.WORKER_UP)} == 0\n"
+        worker_down = f"{up_last} == 0\n"
         down_how = "stopped sending heartbeats or went offline"
     else:
-        worker_down = (f"{p.m(m.WORKER_UP)} == 0\n"
-                       f"unless\n"
-                       f"{p.m(m.WORKER_CLEAN_SHUTDOWN)} == 1\n")
+        clean_last = p.one(f"last_over_time({p.m(m.WORKER_CLEAN_SHUTDOWN)}[{memory}])")
+        worker_down = f"{up_last} == 0\nunless\n{clean_last} == 1\n"
         down_how = "stopped sending heartbeats without announcing a shutdown"
 
     def reason(expr: str, value: str) -> str:
         return f'label_replace(\n  {expr},\n  "reason", "{value}", "", ""\n)'
 
+    def wait_clause(matcher: str, s: dict[str, float]) -> str:
+        sel = _matchers('quantile="0.95"', matcher)
+        return f"{p.quantile_rule(m.QUEUE_WAIT)}{sel}\n  > {num(s['queue_wait_p95_seconds'])}\n"
+
+    wait_overrides = cfg.per_queue("queue_wait_p95_seconds")
+    wait_text = f"{num(cfg.queue_wait_p95_seconds)}s" + (
+        " (" + ", ".join(f"{q}: {num(v)}s" for q, v in wait_overrides.items()) + ")"
+        if wait_overrides else "")
+
+    tw = cfg.task_failure_window
+
+    def task_clause(matcher: str, s: dict[str, float]) -> str:
+        failed = p.rate(p.m(m.TASK_FAILED, *([matcher] if matcher else [])), tw)
+        done_sel = p.any_of((m.TASK_SUCCEEDED, m.TASK_FAILED), *([matcher] if matcher else []))
+        done = f"sum by ({p.by_task}) ({p.rate(done_sel, tw)})"
+        done_n = f"sum by ({p.by_task}) ({p.rate(done_sel, tw, fn='increase')})"
+        return (f"  sum by ({p.by_task}) ({failed})\n"
+                f"  /\n"
+                f"  {done}\n"
+                f"  > {num(s['task_failure_ratio'])}\n"
+                f"  and\n"
+                f"  {done_n} >= {num(s['task_failure_min_executions'])}\n")
+
+    task_expr = overridden("name", {"task_failure_ratio": cfg.task_failure_ratio,
+                                    "task_failure_min_executions":
+                                        cfg.task_failure_min_executions},
+                           _task_overrides(cfg, "task_failure_ratio",
+                                           "task_failure_min_executions"), task_clause)
+    dw = cfg.tasks_dropped_window
+    expired = 'reason="expired"'
+    dropped = (f"sum by ({p.by_queue}) (\n"
+               f"  {p.increase_seen(p.m(m.TASK_REJECTED), dw)}\n"
+               f"  or\n"
+               f"  {p.increase_seen(p.m(m.TASK_REVOKED, expired), dw)}\n"
+               f")\n> {num(cfg.tasks_dropped_threshold)}\n")
+    events_missing_anywhere = f"max by ({p.by}) ({p.m(m.WORKERS_TASK_EVENTS_MISSING)}) == 1"
+    last_event = f"max by ({p.by_replica}) ({p.m(m.LAST_EVENT)})"
+
     return [
+        *burn_alerts(cfg),
         _alert(
-            cfg, "CeleryTaskFailureBudgetBurn", _burn_expr(p, PAGE_BURNS, cfg.objective),
-            cfg.budget_page_for, "critical",
-            "Celery tasks on queue {{ $labels.queue }} are burning the failure budget fast.",
-            f"{{{{ $value | humanizePercentage }}}} of task executions on {where} failed over "
-            f"the last 1h or 6h, against an objective of {objective} succeeding. At this rate "
-            f"the 30-day error budget is spent within 2 to 5 days."),
+            cfg, "CeleryTaskFailing", task_expr, cfg.task_failure_for, "warning",
+            "Celery task {{ $labels.name }} fails on queue {{ $labels.queue }}.",
+            f"{{{{ $value | humanizePercentage }}}} of the executions of task "
+            f"{{{{ $labels.name }}}} on {where} failed over the last {tw}, above "
+            f"{pct(cfg.task_failure_ratio)} (per-task thresholds in the rules config). One "
+            f"task can fail every time while its busy queue stays within its objective."),
         _alert(
-            cfg, "CeleryTaskFailureBudgetBurn", _burn_expr(p, TICKET_BURNS, cfg.objective),
-            cfg.budget_ticket_for, "warning",
-            "Celery tasks on queue {{ $labels.queue }} are burning the failure budget.",
-            f"{{{{ $value | humanizePercentage }}}} of task executions on {where} failed over "
-            f"the last 1d or 3d, against an objective of {objective} succeeding. At this rate "
-            f"the 30-day error budget is spent within 10 to 30 days."),
+            cfg, "CeleryTasksDropped", dropped, cfg.tasks_dropped_for, "warning",
+            "Celery tasks on queue {{ $labels.queue }} were dropped without running.",
+            f"{{{{ $value | humanize }}}} tasks on {where} expired before a worker started "
+            f"them or were rejected by a worker in the last {dw}: their work was never done."),
         _alert(
             cfg, "CeleryTaskQueueWaitHigh",
-            f'{p.quantile_rule(m.QUEUE_WAIT)}{{quantile="0.95"}}\n'
-            f"  > {num(cfg.queue_wait_p95_seconds)}\n",
+            overridden("queue", {"queue_wait_p95_seconds": cfg.queue_wait_p95_seconds},
+                       _queue_overrides(cfg, "queue_wait_p95_seconds"), wait_clause),
             cfg.queue_wait_for, "warning",
             "Celery tasks wait too long in queue {{ $labels.queue }}.",
             f"The 95th percentile queue wait (sent or ETA to started) on {where} is "
-            f"{{{{ $value | humanizeDuration }}}}, above {num(cfg.queue_wait_p95_seconds)}s."),
+            f"{{{{ $value | humanizeDuration }}}}, above {wait_text}."),
         _alert(
             cfg, "CeleryPrefetchBacklog",
             f'{p.quantile_rule(m.PREFETCH_WAIT)}{{quantile="0.95"}}\n'
@@ -244,37 +413,64 @@ def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
             f"{num(cfg.queue_length_threshold)}, and has kept growing over "
             f"{cfg.queue_growth_window} windows for {cfg.queue_backlog_for}."),
         _alert(
+            cfg, "CeleryQueueStuck",
+            f"{length} > {num(cfg.stuck_min_length)}\n"
+            f"and {on_queue}\n"
+            f"{consumers} > 0\n"
+            f"unless {on_queue}\n"
+            f"{starts}\n"
+            f"unless {on}\n"
+            f"{events_missing_anywhere}\n",
+            cfg.stuck_for, "critical",
+            "Celery queue {{ $labels.queue }} has consumers but no task starts.",
+            f"Queue {{{{ $labels.queue }}}} (job {{{{ $labels.job }}}}) holds "
+            f"{{{{ $value | humanize }}}} messages and has consumers, but no task from it "
+            f"started in the last {stuck}: the consumers are hung, paused or out of pool "
+            f"capacity."),
+        _alert(
             cfg, "CeleryQueueNoConsumers",
             f"{length} > {num(cfg.no_consumers_min_length)}\n"
-            f"and\n"
-            f"max by ({p.by_queue}) ({p.m(m.QUEUE_CONSUMERS)}) == 0\n",
+            f"and {on_queue}\n"
+            f"(\n"
+            f"  {consumers} == 0\n"
+            f"  or\n"
+            f"  (\n"
+            f"    {length}\n"
+            f"    unless {on_queue}\n"
+            f"    {p.m(m.QUEUE_CONSUMERS)}\n"
+            f"    unless {on_queue}\n"
+            f"    {starts}\n"
+            f"  )\n"
+            f")\n",
             cfg.no_consumers_for, "critical",
             "Celery queue {{ $labels.queue }} has messages but no consumer.",
-            "Queue {{ $labels.queue }} (job {{ $labels.job }}) holds "
-            "{{ $value | humanize }} messages and no worker consumes it: these tasks will "
-            "not run."),
+            f"Queue {{{{ $labels.queue }}}} (job {{{{ $labels.job }}}}) holds "
+            f"{{{{ $value | humanize }}}} messages and no worker consumes it, or (where the "
+            f"exporter has no consumer count: Redis with --no-inspect) no task from it "
+            f"started in the last {stuck}: these tasks will not run."),
         _alert(
             cfg, "CeleryWorkerDown", worker_down,
             cfg.worker_down_for, "warning",
             "Celery worker {{ $labels.worker }} is down.",
-            f"Worker {{{{ $labels.worker }}}} (job {{{{ $labels.job }}}}, exporter "
-            f"{{{{ $labels.instance }}}}) {down_how}. The exporter forgets it "
-            f"{cfg.worker_down_retention} after that, which resolves this alert."),
+            f"Worker {{{{ $labels.worker }}}} (job {{{{ $labels.job }}}}) {down_how}. With "
+            f"grouped worker labels, every node of the group is down. This keeps firing "
+            f"until the worker is back, for up to {memory} after the exporter forgot it: "
+            f"silence it if the worker is gone for good."),
         _alert(
             cfg, "CeleryNoWorkers",
             f"max by ({p.by}) ({p.m(m.BROKER_CONNECTED)}) == 1\n"
             f"unless {on}\n"
-            f"{p.m(m.WORKER_UP)} == 1\n",
+            f"max by ({p.by}) ({p.m(m.WORKER_UP)}) > 0\n",
             cfg.no_workers_for, "critical",
             "No Celery worker is alive for job {{ $labels.job }}.",
             f"The exporter of job {{{{ $labels.job }}}} is connected to the broker but has "
             f"had no heartbeat from any worker for {cfg.no_workers_for}: no task runs."),
         _alert(
             cfg, "CeleryTaskEventsMissing",
-            f"{p.m(m.WORKER_TASK_EVENTS_MISSING)} == 1\n"
+            f"{p.one(p.m(m.WORKER_TASK_EVENTS_MISSING))} == 1\n"
             f"or\n"
             f"(\n"
-            f"  {p.m(m.WORKERS_TASK_EVENTS_MISSING)} == 1\n"
+            f"  {events_missing_anywhere}\n"
             f"  unless {on}\n"
             f"  {p.m(m.WORKER_TASK_EVENTS_MISSING)} == 1\n"
             f")\n",
@@ -287,10 +483,18 @@ def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
             "worker_send_task_events = True."),
         _alert(
             cfg, "CeleryExporterDown", f"up{p.sel()} == 0\n",
-            cfg.exporter_down_for, "critical",
+            cfg.exporter_down_for, "warning",
             "Celery exporter {{ $labels.instance }} is down.",
-            f"Prometheus cannot scrape the exporter {exporter}: no Celery metric is "
-            f"collected and the other Celery alerts cannot fire."),
+            f"Prometheus cannot scrape the exporter {exporter}. With an HA pair the other "
+            f"replica still reports; CeleryExporterAbsent pages when none is up."),
+        _alert(
+            cfg, "CeleryExporterAbsent", f"absent(up{p.sel()} == 1)\n",
+            cfg.exporter_absent_for, "critical",
+            "No Celery exporter is up.",
+            f"No target matching {{{{ $labels.job }}}}{p.sel()} has been scraped "
+            f"successfully for {cfg.exporter_absent_for}: every replica is down or has "
+            f"vanished from service discovery. No Celery metric is collected and the other "
+            f"Celery alerts cannot fire."),
         _alert(
             cfg, "CeleryExporterBrokerDisconnected", f"{p.m(m.BROKER_CONNECTED)} == 0\n",
             cfg.broker_disconnected_for, "critical",
@@ -301,23 +505,31 @@ def alerting_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
         _alert(
             cfg, "CeleryExporterFallingBehind",
             "\nor\n".join((
-                reason(f"max by ({p.by}, instance) ({p.m(m.EVENT_LAG)}) > "
-                       f"{num(cfg.event_lag_seconds)}", "event_lag"),
-                reason(f"sum by ({p.by}, instance) (increase({p.m(m.SERIES_DROPPED)}[{window}]))"
+                reason(f"time() - {last_event} > {num(cfg.events_stopped_seconds)}\n"
+                       f"  and on ({p.by_replica})\n"
+                       f"  max by ({p.by_replica}) ({p.m(m.WORKER_UP)}) > 0",
+                       "events_stopped"),
+                reason(f"max by ({p.by_replica}) (min_over_time({p.m(m.EVENT_LAG)}[{window}])) "
+                       f"> {num(cfg.event_lag_seconds)}\n"
+                       f"  and on ({p.by_replica})\n"
+                       f"  time() - {last_event} < {num(cfg.events_stopped_seconds)}",
+                       "event_lag"),
+                reason(f"sum by ({p.by_replica}) (increase({p.m(m.SERIES_DROPPED)}[{window}]))"
                        f" > 0", "series_dropped"),
-                reason(f"sum by ({p.by}, instance) (increase({p.m(m.EVENTS_INVALID)}[{window}]))"
+                reason(f"sum by ({p.by_replica}) (increase({p.m(m.EVENTS_INVALID)}[{window}]))"
                        f" > 0", "events_invalid"),
-                reason(f"sum by ({p.by}, instance) "
-                       f"(increase({evicted}[{window}]))"
-                       f" > 0", "tasks_evicted"),
+                reason(f"sum by ({p.by_replica}) (increase({evicted}[{window}])) > 0",
+                       "tasks_evicted"),
             )) + "\n",
             cfg.falling_behind_for, "warning",
             "Celery exporter {{ $labels.instance }} is falling behind ({{ $labels.reason }}).",
             f"The exporter {exporter} reports {{{{ $labels.reason }}}} at "
-            f"{{{{ $value | humanize }}}}. event_lag is how many seconds late the last event "
-            f"arrived (threshold {num(cfg.event_lag_seconds)}s); series_dropped, "
-            f"events_invalid and tasks_evicted count observations lost over the last "
-            f"{window}. Celery metrics are late or incomplete."),
+            f"{{{{ $value | humanize }}}}. events_stopped: seconds since the last event "
+            f"while it still shows live workers (its event loop is stuck: heartbeats arrive "
+            f"every 2s); event_lag: every event of the last {window} arrived more than "
+            f"{num(cfg.event_lag_seconds)}s after it was sent (includes host clock offsets); "
+            f"series_dropped, events_invalid and tasks_evicted count observations lost over "
+            f"the last {window}. Celery metrics are late or incomplete."),
     ]
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import DEFAULT_PREFIX
+from alerts.config import RulesConfig
 
 from . import generate, upload
 from .common import Options
@@ -28,14 +28,18 @@ def register(subparsers: Any) -> None:
                    help="do not write; exit 1 if the files in --out differ from the sources")
     p.add_argument("--datasource", default=Options.datasource,
                    help="default Prometheus datasource name (default: %(default)s)")
-    p.add_argument("--job-selector", default=Options.job_selector,
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="the rules' YAML config (`celery-events-exporter rules --config`): "
+                        "panels draw its thresholds and use its selectors and replica labels")
+    p.add_argument("--job-selector", default=None,
                    help="label matchers selecting the exporter's series, without braces "
-                        "(default: %(default)s)")
-    p.add_argument("--cluster-label", default=Options.cluster_label,
+                        f"(default: the config's, else {RulesConfig.job_selector})")
+    p.add_argument("--cluster-label", default=None,
                    help="label that tells clusters apart; adds a cluster variable "
-                        "(default: none)")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX,
-                   help="the exporter's metric prefix (default: %(default)s)")
+                        "(default: the config's, else none)")
+    p.add_argument("--prefix", default=None,
+                   help="the exporter's metric prefix "
+                        f"(default: the config's, else {RulesConfig.prefix})")
     p.add_argument("--upload", metavar="GRAFANA_URL", default="",
                    help="upload to this Grafana, e.g. https://grafana.example.com")
     p.add_argument("--grafana-token", default=os.environ.get("GRAFANA_TOKEN", ""),
@@ -51,9 +55,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    given = {key: value for key in ("job_selector", "cluster_label", "prefix")
+             if (value := getattr(args, key)) is not None}
     try:
-        opts = Options(datasource=args.datasource, job_selector=args.job_selector,
-                       cluster_label=args.cluster_label, prefix=args.prefix)
+        rules = (RulesConfig.from_file(args.config, **given) if args.config is not None
+                 else RulesConfig(**given))
+        opts = Options.from_rules(rules, datasource=args.datasource)
     except ValueError as exc:
         print(f"dashboards: {exc}", file=sys.stderr)
         return 1

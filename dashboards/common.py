@@ -15,6 +15,7 @@ from typing import Any
 import attr
 from grafanalib import core as g
 
+from alerts.config import RulesConfig
 from exporter import metrics as m
 from exporter.metrics import DEFAULT_PREFIX, Metric
 
@@ -54,6 +55,14 @@ class Options:
     job_selector: str = 'job="celery"'
     cluster_label: str = ""
     prefix: str = DEFAULT_PREFIX
+    # The rules' configuration: thresholds drawn on panels and the HA replica labels come
+    # from the same place as the alerts', so the two cannot disagree.
+    rules: RulesConfig = field(default_factory=RulesConfig)
+
+    @classmethod
+    def from_rules(cls, rules: RulesConfig, datasource: str = "Prometheus") -> Options:
+        return cls(datasource=datasource, job_selector=rules.job_selector,
+                   cluster_label=rules.cluster_label, prefix=rules.prefix, rules=rules)
 
     def __post_init__(self) -> None:
         if self.cluster_label and not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", self.cluster_label):
@@ -82,7 +91,7 @@ class Q:
         matchers = [opts.job_selector.strip()] if opts.job_selector.strip() else []
         if opts.cluster_label:
             matchers.append(f'{opts.cluster_label}=~"$cluster"')
-        matchers.append('job=~"$job"')
+        matchers += ['job=~"$job"', 'instance=~"$instance"']
         return cls(opts, tuple(matchers))
 
     def name(self, metric: Metric, suffix: str = "") -> str:
@@ -108,30 +117,57 @@ class Q:
         names = "|".join(self.name(x) for x in metrics)
         return "{" + ", ".join((f'__name__=~"{names}"', *self.base, *extra)) + "}"
 
-    @staticmethod
-    def rate(selector: str, window: str = "$__rate_interval") -> str:
-        return f"rate({selector}[{window}])"
+    def one(self, expr: str) -> str:
+        """One HA replica's value per series, as the rules do (alerts/rules.py): two
+        exporters on one broker both count every event."""
+        replicas = self.opts.rules.replicas
+        return f"max without ({', '.join(replicas)}) ({expr})" if replicas else expr
+
+    def g(self, metric: Metric, *extra: str) -> str:
+        """A gauge, one replica's value per series."""
+        return self.one(self.m(metric, *extra))
+
+    def rate(self, selector: str, window: str = "$__rate_interval") -> str:
+        """Per-second rate, one replica's per series."""
+        return self.one(f"rate({selector}[{window}])")
 
     def sum_rate(self, metric: Metric, *extra: str, by: str = "") -> str:
         """Summed per-second rate; outcomes that may never have happened read as 0.
 
         The exporter creates a task counter series on its first event, so no series means
         none happened, and a flat 0 says that better than "No data" (which reads as broken).
-        `or on () vector(0)` only adds the 0 when the left side is empty.
+        `or on () vector(0)` only adds the 0 when the left side is empty, and only to an
+        ungrouped sum: inside `by (...)` it would add a series without the labels, a blank
+        legend entry.
         """
         grouping = f" by ({by}) " if by else ""
         expr = f"sum{grouping}({self.rate(self.m(metric, *extra))})"
-        return f"{expr} or on () vector(0)" if metric in ZERO_WHEN_ABSENT else expr
+        if metric in ZERO_WHEN_ABSENT and not by:
+            return f"{expr} or on () vector(0)"
+        return expr
+
+    def workers_up(self, *extra: str) -> str:
+        """Live worker nodes: with grouped worker labels `up` already counts a group's."""
+        return f"sum({self.g(m.WORKER_UP, *extra)})"
 
     def workers_lost(self, *extra: str) -> str:
-        """Workers down without a goodbye (crashed, not deployed away): the ones that page."""
-        return (f"sum((1 - {self.m(m.WORKER_UP, *extra)}) unless "
-                f"{self.m(m.WORKER_CLEAN_SHUTDOWN, *extra)} == 1)")
+        """Worker series down without a goodbye (crashed, not deployed away): the ones that
+        page. With grouped labels a group counts once, when all its nodes are down."""
+        return (f"count(({self.g(m.WORKER_UP, *extra)} == 0) unless "
+                f"({self.g(m.WORKER_CLEAN_SHUTDOWN, *extra)} == 1)) or vector(0)")
+
+    def workers_shut_down(self, *extra: str) -> str:
+        return f"count({self.g(m.WORKER_CLEAN_SHUTDOWN, *extra)} == 1) or vector(0)"
 
     def quantile(self, q: float, metric: Metric, *extra: str, by: Iterable[str] = ()) -> str:
         labels = ", ".join((*by, "le"))
         bucket = self.m(metric, *extra, suffix="_bucket")
         return f"histogram_quantile({q}, sum by ({labels}) ({self.rate(bucket)}))"
+
+    def worst(self, q: float, metric: Metric, *extra: str) -> str:
+        """The quantile of the worst queue: one quantile over all queues hides a slow one
+        behind the fast ones."""
+        return f"max({self.quantile(q, metric, *extra, by=('job', 'queue'))})"
 
 
 def steps(*pairs: tuple[str, float | None]) -> list[dict[str, Any]]:
@@ -172,10 +208,26 @@ class Cell:
     h: int
 
 
+VARS = "${__url_time_range}&${datasource:queryparam}&${job:queryparam}&${instance:queryparam}"
+
+
+def link(title: str, uid: str, *params: str) -> dict[str, Any]:
+    """A link to another dashboard carrying the time range and the shared variables."""
+    query = "&".join((VARS, *params))
+    return {"title": title, "url": f"/d/{uid}/{uid}?{query}", "targetBlank": False}
+
+
+def data_links(*links: dict[str, Any]) -> list[dict[str, Any]]:
+    """Links on every series of a panel (`${__field.labels.x}` fills in its labels)."""
+    return [{"matcher": {"id": "byRegexp", "options": ".*"},
+             "properties": [{"id": "links", "value": list(links)}]}]
+
+
 def timeseries(title: str, targets: Sequence[Target], *, unit: str, description: str,
                w: int = 12, h: int = 8, stack: bool = False, min_value: int | None = None,
                max_value: int | None = None, thresholds: list[dict[str, Any]] | None = None,
-               step: bool = False) -> Cell:
+               step: bool = False, links: Sequence[dict[str, Any]] = (),
+               series_links: Sequence[dict[str, Any]] = ()) -> Cell:
     panel = g.TimeSeries(
         title=title,
         description=description,
@@ -194,6 +246,8 @@ def timeseries(title: str, targets: Sequence[Target], *, unit: str, description:
         tooltipSort="desc",
         thresholds=thresholds or steps(("green", None)),
         thresholdsStyleMode="line" if thresholds else "off",
+        links=list(links),
+        overrides=data_links(*series_links) if series_links else [],
         maxDataPoints=None,
     )
     return Cell(panel, w, h)
@@ -202,7 +256,7 @@ def timeseries(title: str, targets: Sequence[Target], *, unit: str, description:
 def stat(title: str, targets: Sequence[Target], *, unit: str, description: str,
          thresholds: list[dict[str, Any]] | None = None,
          mappings: list[dict[str, Any]] | None = None, w: int = 3, h: int = 4,
-         decimals: int | None = None) -> Cell:
+         decimals: int | None = None, links: Sequence[dict[str, Any]] = ()) -> Cell:
     panel = g.Stat(
         title=title,
         description=description,
@@ -217,6 +271,7 @@ def stat(title: str, targets: Sequence[Target], *, unit: str, description: str,
         textMode="value_and_name" if len(targets) > 1 else "value",
         decimals=decimals,
         noValue="No data",
+        links=list(links),
         maxDataPoints=None,
     )
     return Cell(panel, w, h)
@@ -314,6 +369,10 @@ def variables(q: Q, *, queue: bool = False, task: bool = False, worker: bool = F
     out.append(_query_variable(
         "job", "Job", f"label_values({build_info}{{{', '.join(scope)}}}, job)"))
     scope.append('job=~"$job"')
+    # Exporter replicas (an HA pair): "All" is right, queries keep one replica per series.
+    out.append(_query_variable(
+        "instance", "Exporter", f"label_values({build_info}{{{', '.join(scope)}}}, instance)"))
+    scope.append('instance=~"$instance"')
     scoped = ", ".join(scope)
     if queue:
         # Queue length covers queues nothing consumes yet; received covers queues the

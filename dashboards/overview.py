@@ -6,6 +6,9 @@ from grafanalib import core as g
 
 from exporter import metrics as m
 
+from . import queues as queues_dashboard
+from . import tasks as tasks_dashboard
+from . import workers as workers_dashboard
 from .common import (
     COUNT,
     EVENTS_PER_SECOND,
@@ -18,6 +21,7 @@ from .common import (
     Q,
     dashboard,
     layout,
+    link,
     stat,
     steps,
     timeseries,
@@ -45,32 +49,47 @@ def success_ratio(q: Q, *extra: str) -> str:
 
 def build(opts: Options) -> g.Dashboard:
     q = Q.for_options(opts)
+    cfg = opts.rules
     queue_len = f"max by (queue) ({q.m(m.QUEUE_LENGTH)})"
+    to_tasks = link("Celery / Tasks", tasks_dashboard.UID)
+    to_queues = link("Celery / Queues", queues_dashboard.UID)
+    to_workers = link("Celery / Workers", workers_dashboard.UID)
+    queue_link = link("Queue ${__field.labels.queue}", queues_dashboard.UID,
+                      "var-queue=${__field.labels.queue}")
 
     summary = [
         stat("Finished tasks/s", [(f"sum({q.rate(q.any_of(FINISHED))})", "")],
              unit=TASKS_PER_SECOND,
              description="Task executions that ended (succeeded + failed) per second."),
         stat("Success ratio", [(success_ratio(q), "")], unit=RATIO, decimals=2,
-             thresholds=steps(("red", None), ("orange", 0.95), ("green", 0.99)),
-             description="Succeeded / (succeeded + failed) executions. Retries are not "
-                         "failures: a retried task counts once it finally ends."),
-        stat("Queue wait p95", [(q.quantile(0.95, m.QUEUE_WAIT), "")], unit=SECONDS,
-             thresholds=steps(("green", None), ("orange", 10), ("red", 60)),
-             description="95th percentile of sent (or ETA) → started: what users feel as "
-                         "task latency."),
-        stat("Workers up", [(f"sum({q.m(m.WORKER_UP)})", "")], unit=COUNT,
-             thresholds=steps(("red", None), ("green", 1)),
-             description="Workers whose heartbeats arrive."),
+             thresholds=steps(("red", None), ("green", cfg.objective)),
+             links=[to_tasks],
+             description=f"Succeeded / (succeeded + failed) executions, red below the "
+                         f"objective ({cfg.objective:.2%}; the alerts use per-queue "
+                         f"objectives where configured). Retries are not failures: a retried "
+                         f"task counts once it finally ends."),
+        stat("Queue wait p95 (worst queue)", [(q.worst(0.95, m.QUEUE_WAIT), "")], unit=SECONDS,
+             thresholds=steps(("green", None), ("red", cfg.queue_wait_p95_seconds)),
+             links=[to_queues],
+             description="95th percentile of sent (or ETA) → started in the queue that waits "
+                         "longest: what users feel as task latency. Red from the "
+                         "CeleryTaskQueueWaitHigh threshold."),
+        stat("Workers up", [(q.workers_up(), "")], unit=COUNT,
+             thresholds=steps(("red", None), ("green", 1)), links=[to_workers],
+             description="Worker nodes whose heartbeats arrive (with grouped worker labels, "
+                         "the live nodes of every group)."),
         stat("Workers lost", [(q.workers_lost(), "")], unit=COUNT,
-             thresholds=steps(("green", None), ("red", 1)),
-             description="Workers that stopped heartbeating without a goodbye (a crash, not a "
-                         "deploy) in the last --worker-down-retention (10 minutes by "
-                         "default). Workers shut down cleanly are on the Workers dashboard."),
+             thresholds=steps(("green", None), ("red", 1)), links=[to_workers],
+             description="Workers (or, with grouped labels, whole groups) that stopped "
+                         "heartbeating without a goodbye (a crash, not a deploy) in the last "
+                         "--worker-down-retention (10 minutes by default). Workers shut down "
+                         "cleanly are on the Workers dashboard."),
         stat("Messages queued", [(f"sum({queue_len})", "")], unit=COUNT,
-             thresholds=steps(("green", None), ("orange", 100), ("red", 1000)),
-             description="Messages waiting in broker queues, all queues."),
-        stat("Prefetched tasks", [(f"sum({q.m(m.WORKER_TASKS_PREFETCHED)})", "")], unit=COUNT,
+             thresholds=steps(("green", None), ("orange", cfg.queue_length_threshold)),
+             links=[to_queues],
+             description="Messages waiting in broker queues, all queues. Orange from the "
+                         "CeleryQueueBacklogGrowing length threshold."),
+        stat("Prefetched tasks", [(f"sum({q.g(m.WORKER_TASKS_PREFETCHED)})", "")], unit=COUNT,
              description="Tasks held in worker prefetch buffers, received but not started "
                          "(ETA tasks excluded)."),
         stat("Exporter", [(f"min({q.up()})", "scrape"),
@@ -86,13 +105,13 @@ def build(opts: Options) -> g.Dashboard:
         timeseries(
             "Task throughput by state",
             [(q.sum_rate(metric), state) for state, metric in _STATES],
-            unit=TASKS_PER_SECOND,
+            unit=TASKS_PER_SECOND, links=[to_tasks],
             description="Task events per second by state. sent needs task_send_sent_event "
                         "on producers; the others need workers started with -E."),
         timeseries(
             "Success ratio", [(success_ratio(q), "success ratio")], unit=RATIO,
             min_value=0, max_value=1,
-            thresholds=steps(("red", None), ("green", 0.99)),
+            thresholds=steps(("red", None), ("green", cfg.objective)),
             description="Succeeded / (succeeded + failed) executions."),
     ]
 
@@ -100,9 +119,14 @@ def build(opts: Options) -> g.Dashboard:
         return [(q.quantile(x, metric), f"p{round(x * 100)}") for x in QUANTILES]
 
     latency = [
-        timeseries("Queue wait (sent → started)", quantiles(m.QUEUE_WAIT), unit=SECONDS, w=8,
+        timeseries("Queue wait p95 by queue (sent → started)",
+                   [(q.quantile(0.95, m.QUEUE_WAIT, by=("queue",)), "{{queue}}")],
+                   unit=SECONDS, w=8,
+                   thresholds=steps(("green", None), ("red", cfg.queue_wait_p95_seconds)),
+                   series_links=[queue_link],
                    description="Time from publish (or ETA, whichever is later) to execution "
-                               "start, corrected for clock offsets."),
+                               "start, corrected for clock offsets, per queue: one quantile "
+                               "over all queues would hide a slow one behind the fast ones."),
         timeseries("Prefetch wait (received → started)", quantiles(m.PREFETCH_WAIT),
                    unit=SECONDS, w=8,
                    description="Time tasks sat in a worker's prefetch buffer. High while "
@@ -113,17 +137,18 @@ def build(opts: Options) -> g.Dashboard:
 
     fleet = [
         timeseries("Queue length", [(queue_len, "{{queue}}")], unit=COUNT, w=8,
+                   series_links=[queue_link], links=[to_queues],
                    description="Messages waiting in each broker queue (probe)."),
-        timeseries("Workers", [(f"sum({q.m(m.WORKER_UP)})", "up"),
+        timeseries("Workers", [(q.workers_up(), "up"),
                                (q.workers_lost(), "lost"),
-                               (f"sum({q.m(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
-                   unit=COUNT, w=8, step=True,
+                               (q.workers_shut_down(), "shut down")],
+                   unit=COUNT, w=8, step=True, links=[to_workers],
                    description="Live workers, workers recently lost (crashed) and workers "
                                "recently shut down cleanly (deploys, scale-in)."),
         timeseries("Worker task slots", [
-            (f"sum({q.m(m.WORKER_TASKS_ACTIVE)})", "active"),
-            (f"sum({q.m(m.WORKER_TASKS_PREFETCHED)})", "prefetched"),
-            (f"sum({q.m(m.WORKER_TASKS_SCHEDULED)})", "scheduled (ETA)"),
+            (f"sum({q.g(m.WORKER_TASKS_ACTIVE)})", "active"),
+            (f"sum({q.g(m.WORKER_TASKS_PREFETCHED)})", "prefetched"),
+            (f"sum({q.g(m.WORKER_TASKS_SCHEDULED)})", "scheduled (ETA)"),
         ], unit=COUNT, w=8,
             description="Tasks executing, waiting in prefetch buffers, and held for their "
                         "ETA across all workers."),
@@ -137,7 +162,7 @@ def build(opts: Options) -> g.Dashboard:
         timeseries("Event lag", [
             (f"max({q.m(m.EVENT_LAG)})", "lag of last event"),
             (f"time() - max({q.m(m.LAST_EVENT)})", "since last event"),
-        ], unit=SECONDS, w=6, thresholds=steps(("green", None), ("red", 30)),
+        ], unit=SECONDS, w=6, thresholds=steps(("green", None), ("red", cfg.event_lag_seconds)),
             description="Receive time minus the sender's timestamp (includes clock offset "
                         "between hosts), and time since any event arrived."),
         timeseries("Exporter problems", [
@@ -152,7 +177,7 @@ def build(opts: Options) -> g.Dashboard:
                         "dropped, series over the cap, tasks evicted before finishing, "
                         "reconnects, failing probes; clamped waits mean clock skew between "
                         "hosts. Empty is good."),
-        timeseries("In-flight tasks tracked", [(f"sum({q.m(m.TASKS_TRACKED)})", "tracked")],
+        timeseries("In-flight tasks tracked", [(f"max({q.m(m.TASKS_TRACKED)})", "tracked")],
                    unit=COUNT, w=6,
                    description="Tasks the exporter holds between their first and final "
                                "event. Near --max-tasks means evictions are coming."),

@@ -17,6 +17,8 @@ from .common import (
     Q,
     dashboard,
     layout,
+    link,
+    steps,
     timeseries,
     variables,
 )
@@ -27,7 +29,10 @@ FILENAME = "celery-queues.json"
 
 def build(opts: Options) -> g.Dashboard:
     q = Q.for_options(opts)
+    cfg = opts.rules
     f = 'queue=~"$queue"'
+    to_tasks = link("Tasks of queue ${__field.labels.queue}", "celery-tasks",
+                    "var-queue=${__field.labels.queue}")
 
     # max, not sum: two exporters watching one broker report the same queue twice.
     def per_queue(metric: m.Metric) -> str:
@@ -38,6 +43,8 @@ def build(opts: Options) -> g.Dashboard:
 
     backlog = [
         timeseries("Queue length", [(length, "{{queue}}")], unit=COUNT,
+                   thresholds=steps(("green", None), ("orange", cfg.queue_length_threshold)),
+                   series_links=[to_tasks],
                    description="Messages waiting in the broker (Redis: all priority lists; "
                                "RabbitMQ: ready messages)."),
         timeseries("Queue growth",
@@ -64,11 +71,13 @@ def build(opts: Options) -> g.Dashboard:
     latency = [
         timeseries("Queue wait p95 by queue",
                    [(q.quantile(0.95, m.QUEUE_WAIT, f, by=("queue",)), "{{queue}}")],
-                   unit=SECONDS,
+                   unit=SECONDS, series_links=[to_tasks],
+                   thresholds=steps(("green", None), ("red", cfg.queue_wait_p95_seconds)),
                    description="Sent (or ETA) → started, 95th percentile per queue."),
         timeseries("Prefetch wait p95 by queue",
                    [(q.quantile(0.95, m.PREFETCH_WAIT, f, by=("queue",)), "{{queue}}")],
                    unit=SECONDS,
+                   thresholds=steps(("green", None), ("red", cfg.prefetch_wait_p95_seconds)),
                    description="Received → started in worker buffers, 95th percentile per "
                                "queue."),
     ]

@@ -3,12 +3,16 @@
 Grafana cannot run on our machines, so the README's pictures are made here: every panel's
 PromQL (variables substituted exactly as `queries.panel_queries` does) is run as a range
 query and drawn with matplotlib on the panel's own grid position, unit and legend format.
+Stats take their colour from the panel's value mappings and thresholds, as Grafana's do,
+and time series draw their threshold lines: a picture that paints a 79% success ratio
+green would not be Grafana's.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -22,12 +26,21 @@ ROW_HEIGHT_PX = 30  # Grafana's grid unit
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 PALETTE = ["#73bf69", "#f2cc0c", "#5794f2", "#ff780a", "#b877d9", "#f2495c", "#8ab8ff",
            "#96d98d", "#fade2a", "#ca95e5"]
+# Grafana's named colours (dark theme).
+NAMED = {"green": "#73bf69", "red": "#f2495c", "orange": "#ff9830", "yellow": "#fade2a",
+         "blue": "#5794f2", "purple": "#b877d9", "text": TEXT}
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
 def query_range(prometheus: str, expr: str, start: float, end: float, step: float) -> list:
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
-    with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{params}", timeout=30) as r:
-        body = json.load(r)
+    try:
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{params}",
+                                    timeout=30) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as exc:
+        # Prometheus says why in the body (bad_data, execution): name the query with it.
+        raise RuntimeError(f"{expr}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
     if body.get("status") != "success":
         raise RuntimeError(f"{expr}: {body}")
     return body["data"]["result"]
@@ -42,13 +55,71 @@ def _legend(fmt: str | None, metric: Mapping[str, str]) -> str:
     return _LEGEND.sub(lambda m: metric.get(m.group(1), ""), fmt)
 
 
-def _format(value: float, unit: str | None) -> str:
+def _short(value: float, decimals: int | None = None) -> str:
+    for size, prefix in _SI:
+        if abs(value) >= size:
+            return f"{value / size:.{1 if decimals is None else decimals}f} {prefix}"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    return f"{value:.0f}" if value == int(value) else f"{value:.3g}"
+
+
+def _format(value: float, unit: str | None, decimals: int | None = None) -> str:
+    """A value as Grafana shows it in `unit` (the units our dashboards use)."""
     if unit == "percentunit":
-        return f"{value * 100:.1f}%"
+        return f"{value * 100:.{1 if decimals is None else decimals}f}%"
     if unit == "s":
-        return f"{value * 1000:.0f} ms" if abs(value) < 1 else f"{value:.2f} s"
+        if abs(value) < 1:
+            return f"{value * 1000:.0f} ms"
+        if abs(value) < 60:
+            return f"{value:.{2 if decimals is None else decimals}f} s"
+        if abs(value) < 3600:
+            return f"{value / 60:.1f} min"
+        return f"{value / 3600:.1f} hour"
     suffix = unit.split(":", 1)[1] if unit and unit.startswith("suffix:") else ""
-    return f"{value:.3g}{(' ' + suffix) if suffix else ''}"
+    return _short(value, decimals) + (f" {suffix}" if suffix else "")
+
+
+def _color(name: str | None, default: str = TEXT) -> str:
+    if not name:
+        return default
+    return NAMED.get(name, name if name.startswith("#") else default)
+
+
+def _threshold_color(value: float, steps: list[dict[str, Any]]) -> str | None:
+    """The colour of the last step at or below `value` (the base step has value None)."""
+    color = None
+    for step in steps:
+        if step.get("value") is None or value >= step["value"]:
+            color = step.get("color")
+    return color
+
+
+def _mapped(value: float, mappings: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(text, colour) from a value mapping, or (None, None) when none matches."""
+    for mapping in mappings:
+        if mapping.get("type") != "value":
+            continue
+        for key, result in (mapping.get("options") or {}).items():
+            try:
+                hit = float(key) == value
+            except ValueError:
+                continue
+            if hit:
+                return result.get("text"), result.get("color")
+    return None, None
+
+
+def stat_cell(value: float, defaults: Mapping[str, Any]) -> tuple[str, str]:
+    """(text, colour) Grafana's stat panel shows for `value`: mappings first, then the
+    unit and the thresholds' colour."""
+    text, color = _mapped(value, defaults.get("mappings") or [])
+    steps = (defaults.get("thresholds") or {}).get("steps") or []
+    if text is None:
+        text = _format(value, defaults.get("unit"), defaults.get("decimals"))
+    if color is None:
+        color = _threshold_color(value, steps)
+    return text, _color(color, PALETTE[0])
 
 
 def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: float, end: float,
@@ -81,7 +152,8 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
         ax = fig.add_axes((left + pad, 1 - top - h + 0.02, w - pad - 0.004, h - 0.04),
                           facecolor=PANEL)
         ax.set_title(panel.get("title", ""), color=TEXT, fontsize=9, loc="left")
-        unit = ((panel.get("fieldConfig") or {}).get("defaults") or {}).get("unit")
+        defaults = (panel.get("fieldConfig") or {}).get("defaults") or {}
+        unit = defaults.get("unit")
         series = []
         for target in panel.get("targets") or []:
             if not target.get("expr") or target.get("hide"):
@@ -98,17 +170,24 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
             ax.set_xticks([])
             ax.set_yticks([])
             last = [(label, pts[-1][1]) for label, pts in series if pts][:3]
-            if len(last) > 1:  # Grafana's value_and_name: each value under its legend
-                pairs = [f"{label} {_format(v, unit)}" for label, v in last]
+            if not last:
+                ax.text(0.5, 0.45, "No data", color=TEXT, fontsize=18, ha="center",
+                        va="center", transform=ax.transAxes, weight="bold")
+                continue
+            cells = [(label, *stat_cell(v, defaults)) for label, v in last]
+            if len(cells) > 1:  # Grafana's value_and_name: each value under its legend
                 # Narrow panels stack the pairs, as Grafana does.
-                wide = (panel.get("gridPos") or {}).get("w", 24) * 6 >= sum(map(len, pairs))
-                text = "   ".join(pairs) if wide else "\n".join(pairs)
-                size = 12 if wide else 9
+                width = sum(len(label) + len(text) + 1 for label, text, _ in cells)
+                wide = (panel.get("gridPos") or {}).get("w", 24) * 6 >= width
+                for i, (label, text, color) in enumerate(cells):
+                    x, y = ((i + 0.5) / len(cells), 0.45) if wide else (
+                        0.5, 0.8 - i * 0.6 / max(1, len(cells) - 1))
+                    ax.text(x, y, f"{label} {text}", color=color, fontsize=12 if wide else 9,
+                            ha="center", va="center", transform=ax.transAxes, weight="bold")
             else:
-                text = _format(last[0][1], unit) if last else "No data"
-                size = 18
-            ax.text(0.5, 0.45, text, color=PALETTE[0] if last else TEXT, fontsize=size,
-                    ha="center", va="center", transform=ax.transAxes, weight="bold")
+                _, text, color = cells[0]
+                ax.text(0.5, 0.45, text, color=color, fontsize=18, ha="center", va="center",
+                        transform=ax.transAxes, weight="bold")
             continue
         if panel.get("type") == "table":
             ax.set_xticks([])
@@ -126,6 +205,12 @@ def render(dashboard: Mapping[str, Any], prometheus: str, out: Path, start: floa
                 xs = [t - end for t, _ in pts]
                 ax.plot(xs, [v for _, v in pts], color=PALETTE[i % len(PALETTE)], lw=1.2,
                         label=label[:40])
+        style = (defaults.get("custom") or {}).get("thresholdsStyle") or {}
+        if style.get("mode") == "line":
+            for level in (defaults.get("thresholds") or {}).get("steps") or []:
+                if level.get("value") is not None:
+                    ax.axhline(level["value"], color=_color(level.get("color")), lw=0.8,
+                               ls="--")
         ax.grid(color=GRID, lw=0.5)
         ax.set_xlabel("seconds before the snapshot", color=TEXT, fontsize=7)
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(

@@ -15,12 +15,20 @@ from .common import (
     Q,
     dashboard,
     layout,
+    steps,
     timeseries,
     variables,
 )
 
 UID = "celery-tasks"
 FILENAME = "celery-tasks.json"
+# Per-task panels show the busiest or worst tasks only: a fleet has hundreds of task names
+# and a legend of hundreds is unreadable (topk per step; pick tasks with $task for more).
+TOP = 10
+
+
+def top(expr: str) -> str:
+    return f"topk({TOP}, {expr})"
 
 FINISHED = (m.TASK_SUCCEEDED, m.TASK_FAILED)
 _STATES = (
@@ -39,39 +47,45 @@ def build(opts: Options) -> g.Dashboard:
 
     finished = f"sum by (name) ({q.rate(q.any_of(FINISHED, *f))})"
     failed = f"sum by (name) ({q.rate(q.m(m.TASK_FAILED, *f))})"
+    cfg = opts.rules
 
     throughput = [
         timeseries("Task states (selected tasks)",
                    [(q.sum_rate(metric, *f), state) for state, metric in _STATES],
                    unit=TASKS_PER_SECOND,
                    description="Events per second by state for the selected tasks."),
-        timeseries("Finished by task", [(finished, "{{name}}")], unit=TASKS_PER_SECOND,
+        timeseries("Finished by task", [(top(finished), "{{name}}")], unit=TASKS_PER_SECOND,
                    stack=True,
-                   description="Executions that ended (succeeded + failed) per second."),
+                   description=f"Executions that ended (succeeded + failed) per second, the "
+                               f"{TOP} busiest tasks."),
     ]
 
     failures = [
         timeseries(
             "Failure ratio by task",
             # `or 0 * finished` gives tasks without any failure a 0 line instead of none.
-            [(f"({failed} or 0 * {finished}) / {finished}", "{{name}}")],
+            [(top(f"({failed} or 0 * {finished}) / {finished}"), "{{name}}")],
             unit=RATIO, min_value=0, max_value=1, w=8,
-            description="Failed / (succeeded + failed) executions per task."),
+            thresholds=steps(("green", None), ("red", cfg.task_failure_ratio)),
+            description=f"Failed / (succeeded + failed) executions per task, the {TOP} worst. "
+                        f"Red from the CeleryTaskFailing threshold."),
         timeseries("Failures by exception",
-                   [(by_task(m.TASK_FAILED, "name, exception"), "{{name}}: {{exception}}")],
+                   [(top(by_task(m.TASK_FAILED, "name, exception")),
+                     "{{name}}: {{exception}}")],
                    unit=TASKS_PER_SECOND, w=8, stack=True,
-                   description="Failed executions per second by task and exception class."),
+                   description=f"Failed executions per second by task and exception class, "
+                               f"the {TOP} most frequent."),
         timeseries("Retries, rejections, revocations", [
-            (by_task(m.TASK_RETRIED), "{{name}} retried"),
-            (by_task(m.TASK_REJECTED), "{{name}} rejected"),
-            (by_task(m.TASK_REVOKED, "name, reason"), "{{name}} revoked ({{reason}})"),
+            (top(by_task(m.TASK_RETRIED)), "{{name}} retried"),
+            (top(by_task(m.TASK_REJECTED)), "{{name}} rejected"),
+            (top(by_task(m.TASK_REVOKED, "name, reason")), "{{name}} revoked ({{reason}})"),
         ], unit=TASKS_PER_SECOND, w=8,
             description="Executions that ended in a retry, messages rejected by workers, "
                         "and revocations by reason (revoked, terminated, expired)."),
     ]
 
     def p95_by_task(metric: m.Metric) -> list[tuple[str, str]]:
-        return [(q.quantile(0.95, metric, *f, by=("name",)), "{{name}}")]
+        return [(top(q.quantile(0.95, metric, *f, by=("name",))), "{{name}}")]
 
     def quantiles(metric: m.Metric) -> list[tuple[str, str]]:
         return [(q.quantile(x, metric, *f), f"p{round(x * 100)}") for x in QUANTILES]
@@ -93,7 +107,7 @@ def build(opts: Options) -> g.Dashboard:
                    description="Queue wait quantiles over all selected tasks."),
         timeseries("Runtime (selected tasks)", quantiles(m.RUNTIME), unit=SECONDS, w=8,
                    description="Runtime quantiles over all selected tasks."),
-        timeseries("Mean runtime by task", [(mean_by_task(m.RUNTIME), "{{name}}")],
+        timeseries("Mean runtime by task", [(top(mean_by_task(m.RUNTIME)), "{{name}}")],
                    unit=SECONDS, w=8,
                    description="Average execution time per task; with throughput, this is "
                                "the worker time each task consumes."),

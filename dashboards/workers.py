@@ -31,17 +31,18 @@ def build(opts: Options) -> g.Dashboard:
     w = 'worker=~"$worker"'
 
     def gauge(metric: m.Metric) -> str:
-        return q.m(metric, w)
+        return q.g(metric, w)
 
     def per_worker(metric: m.Metric) -> str:
         return q.sum_rate(metric, w, by="worker")
 
     summary = [
-        stat("Workers up", [(f"sum({gauge(m.WORKER_UP)})", "")], unit=COUNT, w=4,
+        stat("Workers up", [(q.workers_up(w), "")], unit=COUNT, w=4,
              thresholds=steps(("red", None), ("green", 1)),
-             description="Workers whose heartbeats arrive."),
+             description="Worker nodes whose heartbeats arrive (with grouped worker labels, "
+                         "the live nodes of every group)."),
         stat("Workers down",
-             [(q.workers_lost(w), "lost"), (f"sum({gauge(m.WORKER_CLEAN_SHUTDOWN)})", "shut down")],
+             [(q.workers_lost(w), "lost"), (q.workers_shut_down(w), "shut down")],
              unit=COUNT, w=4, thresholds=steps(("green", None), ("red", 1)),
              description="Workers down within --worker-down-retention (default 10 minutes), "
                          "after which their series are removed: lost (heartbeats stopped "
@@ -66,10 +67,12 @@ def build(opts: Options) -> g.Dashboard:
 
     liveness = [
         timeseries("Worker up", [(gauge(m.WORKER_UP), "{{worker}}")], unit=COUNT,
-                   min_value=0, max_value=1, step=True,
-                   description="1 while heartbeats arrive; 0 after the heartbeat timeout or "
-                               "a clean shutdown (celery_worker_clean_shutdown tells which); "
-                               "the series disappears after the down retention."),
+                   min_value=0, step=True,
+                   description="1 while heartbeats arrive (with grouped worker labels: the "
+                               "number of live nodes in the group); 0 after the heartbeat "
+                               "timeout or a clean shutdown (celery_worker_clean_shutdown "
+                               "tells which); the series disappears after the down "
+                               "retention."),
         timeseries("Heartbeat age",
                    [(f"time() - {gauge(m.WORKER_LAST_HEARTBEAT)}", "{{worker}}")],
                    unit=SECONDS, thresholds=steps(("green", None), ("red", 10)),

@@ -34,17 +34,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJ = ROOT / "proj"
 BIN = Path(sys.executable).parent
 
-# Short `for:` so alerts show up within a demo's minutes; the shipped rules use the
-# production defaults in alerts/celery-rules.yml.
-DEMO_RULE_FLAGS = (
-    "--budget-page-for", "30s", "--budget-ticket-for", "1m", "--queue-wait-for", "1m",
-    "--queue-wait-p95-seconds", "5", "--prefetch-backlog-for", "1m",
-    "--prefetch-wait-p95-seconds", "5", "--queue-backlog-for", "1m",
-    "--queue-length-threshold", "20", "--queue-growth-window", "2m",
-    "--no-consumers-for", "1m", "--worker-down-for", "30s", "--worker-down-retention", "10m",
-    "--no-workers-for", "1m", "--events-missing-for", "1m", "--exporter-down-for", "1m",
-    "--broker-disconnected-for", "30s", "--falling-behind-for", "2m",
-)
+# The demo's rules configuration (the one file `rules --config` and `dashboards --config`
+# read): short `for:` and windows so alerts show up within a demo's minutes. The shipped
+# rules use the production defaults in alerts/celery-rules.yml.
+DEMO_CONFIG: dict[str, object] = {
+    # Every exporter job of the demo: "celery" (one exporter, or an HA pair) and
+    # "celery-host" (--worker-label host, with --grouped-exporter).
+    "job_selector": 'job=~"celery|celery-host"',
+    "burn_1h_for": "30s", "burn_6h_for": "1m", "burn_1d_for": "1m", "burn_3d_for": "1m",
+    "burn_min_executions": 20, "task_failure_for": "1m", "tasks_dropped_for": "1m",
+    "queue_wait_for": "1m", "queue_wait_p95_seconds": 5, "prefetch_backlog_for": "1m",
+    "prefetch_wait_p95_seconds": 5, "queue_backlog_for": "1m", "queue_length_threshold": 20,
+    "queue_growth_window": "2m", "stuck_window": "1m", "stuck_for": "30s",
+    "no_consumers_for": "1m", "worker_down_for": "30s", "worker_down_retention": "10m",
+    "no_workers_for": "1m", "events_missing_for": "1m", "exporter_down_for": "1m",
+    "exporter_absent_for": "1m", "broker_disconnected_for": "30s", "falling_behind_for": "2m",
+}
+STUCK_QUEUE = "stuck"
 
 
 def free_port() -> int:
@@ -129,6 +135,9 @@ class StackOptions:
     prefetch_multiplier: int = 4
     signing: bool = False  # sign task and control messages (proj's DEMO_SIGNING)
     flower: bool = False  # Flower for task look-ups (docker-compose.yml's `flower` profile)
+    stuck_queue: bool = False  # a third worker that never gets to the tasks of one queue
+    ha_replica: bool = False  # a second exporter in job "celery": an HA pair
+    grouped_exporter: bool = False  # an exporter with --worker-label host, job "celery-host"
 
 
 @dataclass
@@ -137,6 +146,7 @@ class Stack:
     services: list[Service] = field(default_factory=list)
     broker_url: str = ""
     exporter_url: str = ""
+    extra_exporters: dict[str, list[str]] = field(default_factory=dict)  # job -> urls
     prometheus_url: str = ""
     alertmanager_url: str = ""
     web_url: str = ""
@@ -240,6 +250,13 @@ class Stack:
                                 "--without-gossip", "--without-mingle"],
                     {**env, "CELERY_WORKER_PREFETCH_MULTIPLIER":
                      str(self.options.prefetch_multiplier)}, cwd=PROJ)
+        if self.options.stuck_queue:
+            # One process, one prefetched message: the load's first hour-long task on the
+            # stuck queue takes it, and the rest wait in the broker with a live consumer.
+            self._spawn("worker3", [celery, "-A", "proj", "worker", "-n", "w3@%h", "-E",
+                                    "-Q", STUCK_QUEUE, "-c", "1", "-l", "warning",
+                                    "--without-gossip", "--without-mingle"],
+                        {**env, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}, cwd=PROJ)
 
     def start_load(self) -> None:
         duration = self.options.duration or 24 * 3600
@@ -247,26 +264,45 @@ class Stack:
                 "--duration", str(duration)]
         if self.options.load_seed is not None:
             argv += ["--seed", str(self.options.load_seed)]
+        if self.options.stuck_queue:
+            argv += ["--stuck-queue", STUCK_QUEUE]
         self._spawn("load", argv, self.django_env(), cwd=PROJ)
 
-    def start_exporter(self) -> None:
-        port = self.options.exporter_port or free_port()
-        exporter = self._spawn("exporter", [
+    def _exporter(self, name: str, port: int, *extra: str) -> str:
+        queues = ["default", "emails", "reports", "priority"]
+        if self.options.stuck_queue:
+            queues.append(STUCK_QUEUE)
+        exporter = self._spawn(name, [
             str(BIN / "celery-events-exporter"), "--broker-url", self.broker_url,
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
-            "--inspect-interval", "10", "--queue", "default", "--queue", "emails",
-            "--queue", "reports", "--queue", "priority",
+            "--inspect-interval", "10", *(a for q in queues for a in ("--queue", q)),
             # Signing workers refuse unsigned control messages: no inspect broadcast.
-            *(["--no-inspect"] if self.options.signing else [])])
-        self.exporter_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{self.exporter_url}/healthz", 30, exporter.proc)
-        exporter.url = f"{self.exporter_url}/metrics"
+            *(["--no-inspect"] if self.options.signing else []), *extra])
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", 30, exporter.proc)
+        exporter.url = f"{url}/metrics"
+        return url
+
+    def start_exporter(self) -> None:
+        self.exporter_url = self._exporter("exporter", self.options.exporter_port or free_port())
+        self.extra_exporters = {"celery": [self.exporter_url]}
+        if self.options.ha_replica:
+            self.extra_exporters["celery"].append(self._exporter("exporter-replica",
+                                                                 free_port()))
+        if self.options.grouped_exporter:
+            self.extra_exporters["celery-host"] = [
+                self._exporter("exporter-host", free_port(), "--worker-label", "host")]
+
+    def write_config(self) -> Path:
+        path = self.options.workdir / "monitoring.yml"
+        path.write_text(json.dumps(DEMO_CONFIG, indent=2) + "\n")  # JSON is YAML
+        return path
 
     def write_rules(self) -> Path:
         out = self.options.workdir / "rules"
         out.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(BIN / "celery-events-exporter"), "rules", "--out", str(out),
-                        "--job-selector", 'job="celery"', *DEMO_RULE_FLAGS], check=True,
+                        "--config", str(self.write_config())], check=True,
                        timeout=60, capture_output=True)
         return out
 
@@ -302,12 +338,15 @@ class Stack:
         rules = self.write_rules()
         work = self.options.workdir / "prometheus"
         work.mkdir(parents=True, exist_ok=True)
-        target = self.exporter_url.removeprefix("http://")
         interval = self.options.scrape_interval
+        jobs = self.extra_exporters or {"celery": [self.exporter_url]}
         config: dict = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(p) for p in sorted(rules.glob("*.yml"))],
-            "scrape_configs": [{"job_name": "celery", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [
+                    {"targets": [u.removeprefix("http://") for u in urls]}]}
+                for job, urls in jobs.items()],
         }
         if self.alertmanager_url:
             config["alerting"] = {"alertmanagers": [{"static_configs": [
@@ -432,6 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flower", action="store_true",
                    help="also run Flower to look tasks up by id (basic auth FLOWER_USER / "
                         "FLOWER_PASSWORD, default admin / admin)")
+    p.add_argument("--stuck-queue", action="store_true",
+                   help=f"a third worker on queue '{STUCK_QUEUE}' that the load keeps busy "
+                        f"with hour-long tasks: messages wait, a consumer is there, nothing "
+                        f"starts (CeleryQueueStuck fires)")
+    p.add_argument("--ha-replica", action="store_true",
+                   help="run a second exporter in job 'celery': an HA pair Prometheus "
+                        "scrapes both of")
+    p.add_argument("--grouped-exporter", action="store_true",
+                   help="also run an exporter with --worker-label host, as job 'celery-host'")
     return p
 
 
@@ -445,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                            duration=args.duration, exporter_port=args.exporter_port,
                            prometheus=not args.no_prometheus, webhook_url=args.webhook_url,
                            scrape_interval=args.scrape_interval, load_seed=args.seed,
-                           signing=args.signing, flower=args.flower)
+                           signing=args.signing, flower=args.flower, stuck_queue=args.stuck_queue,
+                           ha_replica=args.ha_replica, grouped_exporter=args.grouped_exporter)
     stack = Stack(options)
     stopping = False
 
@@ -462,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  signing       task messages signed, certificates in {args.workdir / 'certs'}")
         print(f"  django web    {stack.web_url}/signup/ (POST)")
         print(f"  exporter      {stack.exporter_url}/metrics")
+        for job, urls in stack.extra_exporters.items():
+            for url in urls:
+                if url != stack.exporter_url:
+                    print(f"  exporter ({job})  {url}/metrics")
         if stack.prometheus_url:
             print(f"  prometheus    {stack.prometheus_url}/alerts")
         if stack.alertmanager_url:

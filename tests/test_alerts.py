@@ -32,7 +32,8 @@ EXPECTED_ALERTS = {
     "CeleryTaskFailureBudgetBurn", "CeleryTaskQueueWaitHigh", "CeleryPrefetchBacklog",
     "CeleryQueueBacklogGrowing", "CeleryQueueNoConsumers", "CeleryWorkerDown",
     "CeleryNoWorkers", "CeleryTaskEventsMissing", "CeleryExporterDown",
-    "CeleryExporterBrokerDisconnected", "CeleryExporterFallingBehind",
+    "CeleryExporterBrokerDisconnected", "CeleryExporterFallingBehind", "CeleryTaskFailing",
+    "CeleryTasksDropped", "CeleryQueueStuck", "CeleryExporterAbsent",
 }
 
 
@@ -205,13 +206,13 @@ def test_each_alert_has_a_firing_case_at_the_for_boundary_and_a_silent_case() ->
         assert silent[rule["alert"]], f"no promtool case where {rule['alert']} stays silent"
 
 
-def test_worker_down_fires_within_the_exporter_retention() -> None:
-    # The promtool case proves the shape; this guards the flag: a for: that cannot fire
-    # before the exporter drops a dead worker's series is refused at generation time.
+def test_worker_down_for_must_fit_the_memory() -> None:
+    # The promtool cases prove the shape; this guards the flags: a for: that cannot fire
+    # well inside the time the alert remembers a dead worker is refused.
     assert RulesConfig().worker_down_for == "2m"
     with pytest.raises(ValueError, match="worker-down-for"):
-        RulesConfig(worker_down_for="5m")
-    RulesConfig(worker_down_for="5m", worker_down_retention="30m")
+        RulesConfig(worker_down_for="5m", worker_down_memory="10m")
+    RulesConfig(worker_down_for="5m", worker_down_memory="30m")
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -220,6 +221,11 @@ def test_worker_down_fires_within_the_exporter_retention() -> None:
     ({"event_lag_seconds": -1.0}, "--event-lag-seconds"),
     ({"job_selector": '{job="celery"}'}, "--job-selector"),
     ({"cluster_label": "bad-label"}, "--cluster-label"),
+    ({"replica_labels": "instance,bad-label"}, "--replica-labels"),
+    ({"task_failure_ratio": 1.0}, "--task-failure-ratio"),
+    ({"queues": {"reports": {"objective": 1.5}}}, "queues.reports.objective"),
+    ({"queues": {"reports": {"objectiv": 0.9}}}, "queues.reports: unknown"),
+    ({"tasks": {"t": {"task_failure_ratio": "high"}}}, "tasks.t.task_failure_ratio"),
 ])
 def test_invalid_config_names_the_flag(kwargs: dict[str, Any], flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
@@ -240,7 +246,7 @@ def test_cli_writes_rules_with_custom_thresholds(tmp_path: Path) -> None:
     text = (tmp_path / RULES_FILE).read_text(encoding="utf-8")
     assert "(14.4 * (1 - 0.995))" in text
     assert "> 120\n" in text
-    assert 'celery_worker_up{job="workers", env="prod"} == 0' in text
+    assert 'last_over_time(celery_worker_up{job="workers", env="prod"}[1d])' in text
     assert "cluster_job_queue:celery_task_failure:ratio_rate5m" in text
     assert "on (cluster, job)" in text
     proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
@@ -254,7 +260,8 @@ def test_cli_writes_rules_with_custom_thresholds(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(parse(["--out", str(tmp_path), "--worker-down-for", "9m"])) == 1
+    assert cli.run(parse(["--out", str(tmp_path), "--worker-down-for", "9m",
+                          "--worker-down-memory", "15m"])) == 1
     assert "--worker-down-for" in capsys.readouterr().err
     assert not (tmp_path / RULES_FILE).exists()
 
@@ -312,9 +319,11 @@ def test_opt_in_worker_down_on_clean_shutdown(tmp_path: Path) -> None:
     fired = [{"exp_labels": {"severity": "warning", "job": "celery", "worker": "w1@h"},
               "exp_annotations": {
                   "summary": "Celery worker w1@h is down.",
-                  "description": "Worker w1@h (job celery, exporter ) stopped sending "
-                                 "heartbeats or went offline. The exporter forgets it 10m "
-                                 "after that, which resolves this alert.",
+                  "description": "Worker w1@h (job celery) stopped sending heartbeats or "
+                                 "went offline. With grouped worker labels, every node of the "
+                                 "group is down. This keeps firing until the worker is back, "
+                                 "for up to 1d after the exporter forgot it: silence it if "
+                                 "the worker is gone for good.",
                   "runbook_url": f"{RUNBOOK_URL}#celeryworkerdown"}}]
     for flag, expected in (("--worker-down-on-clean-shutdown", fired),
                            ("--no-worker-down-on-clean-shutdown", [])):
@@ -325,3 +334,92 @@ def test_opt_in_worker_down_on_clean_shutdown(tmp_path: Path) -> None:
         proc = subprocess.run([promtool(), "test", "rules", "test.yml"], capture_output=True,
                               text=True, timeout=60, check=False, cwd=out)
         assert proc.returncode == 0, flag + "\n" + proc.stdout + proc.stderr
+
+
+def run_case(tmp_path: Path, config: str, case: dict[str, Any]) -> subprocess.CompletedProcess:
+    """Generate rules from a config file and run one promtool test file against them."""
+    (tmp_path / "monitoring.yml").write_text(config, encoding="utf-8")
+    assert cli.run(parse(["--out", str(tmp_path), "--config",
+                          str(tmp_path / "monitoring.yml")])) == 0
+    doc = {"rule_files": [RULES_FILE], "evaluation_interval": "1m",
+           "group_eval_order": ["celery.recording", "celery.alerts"], "tests": [case]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return subprocess.run([promtool(), "test", "rules", "test.yml"], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp_path)
+
+
+def firing(alert: str, *labels: str) -> dict[str, Any]:
+    """A promql_expr_test: exactly these label sets of `alert` are firing at 10m."""
+    return {"expr": f'ALERTS{{alertname="{alert}", alertstate="firing"}}', "eval_time": "10m",
+            "exp_samples": [{"labels": f'ALERTS{{alertname="{alert}", alertstate="firing", '
+                                       f'{lab}}}', "value": 1} for lab in labels]}
+
+
+def test_objectives_per_queue_and_task_from_the_config_file(tmp_path: Path) -> None:
+    """Reports may fail 20% (objective 90% puts the 1h pair out of reach), default may not;
+    one task may fail 70% of the time (its own 90% threshold), the others not over half."""
+    ok, ko = "celery_task_succeeded_total", "celery_task_failed_total"
+
+    def series(metric: str, queue: str, name: str, per_minute: int) -> dict[str, str]:
+        extra = ', exception="E"' if metric == ko else ""
+        return {"series": f'{metric}{{job="celery", instance="e:1", queue="{queue}", '
+                          f'name="{name}"{extra}}}', "values": f"0+{per_minute}x20"}
+
+    config = ("queues:\n  reports: {objective: 0.9}\n"
+              "tasks:\n  proj.flaky: {task_failure_ratio: 0.9}\n"
+              "task_failure_for: 1m\n")
+    case = {
+        "interval": "1m",
+        "input_series": [
+            # 20% failing on both queues: above 14.4 x 1% (default), below 14.4 x 10%.
+            series(ok, "default", "proj.add", 80), series(ko, "default", "proj.add", 20),
+            series(ok, "reports", "proj.report", 80), series(ko, "reports", "proj.report", 20),
+            # 70% failing: above the default 50%, below proj.flaky's 90%.
+            series(ok, "default", "proj.flaky", 3), series(ko, "default", "proj.flaky", 7),
+            series(ok, "default", "proj.other", 3), series(ko, "default", "proj.other", 7),
+        ],
+        "promql_expr_test": [
+            firing("CeleryTaskFailureBudgetBurn",
+                   'job="celery", long="1h", queue="default", severity="critical", '
+                   'short="5m"'),
+            firing("CeleryTaskFailing",
+                   'job="celery", name="proj.other", queue="default", severity="warning"'),
+        ],
+    }
+    proc = run_case(tmp_path, config, case)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The same case against the defaults: reports burns and proj.flaky fails too.
+    proc = run_case(tmp_path, "task_failure_for: 1m\n", case)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'queue="reports"' in out and "proj.flaky" in out, out
+
+
+def test_every_worker_facing_alert_is_tested_with_grouped_worker_labels() -> None:
+    """With --worker-label host|regex a worker series is a group (no `name@host`), whose up
+    counts live nodes: each alert that reads a worker gauge has a case fed like that."""
+    worker_metrics = {x.full() for x in (*m.WORKER_GAUGES, m.WORKER_POOL_PROCESSES)}
+    rules = rules_of(checked_in(), "expr")
+    recorded = {r["record"] for r in rules if "record" in r
+                and metric_names(r["expr"]) & worker_metrics}
+    facing = {r["alert"] for r in rules if "alert" in r
+              and metric_names(r["expr"]) & (worker_metrics | recorded)}
+    assert {"CeleryWorkerDown", "CeleryNoWorkers", "CeleryPrefetchBacklog"} <= facing
+    tested: set[str] = set()
+    for _, doc in load_tests():
+        for group in doc["tests"]:
+            grouped = [s for s in group.get("input_series", [])
+                       if re.match(r'celery_worker_\w+\{.*worker="[^"@]+"', s["series"])]
+            if grouped:
+                tested |= {c["alertname"] for c in group.get("alert_rule_test", [])}
+    assert facing <= tested, f"no grouped-label case for {sorted(facing - tested)}"
+
+
+def test_example_config_generates_valid_rules_with_its_overrides(tmp_path: Path) -> None:
+    example = ROOT / "alerts" / "monitoring.example.yml"
+    assert cli.run(parse(["--out", str(tmp_path), "--config", str(example)])) == 0
+    text = (tmp_path / RULES_FILE).read_text(encoding="utf-8")
+    assert 'queue="reports"' in text and "(1 - 0.95)" in text and "> 600" in text
+    assert 'name="tasks.call_flaky_service"' in text and "> 0.8" in text
+    proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

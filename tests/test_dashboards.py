@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from alerts.config import RulesConfig
 from alerts.promql import metric_names
 from dashboards import Options, build_all, cli, panel_queries, render_all, upload
 from dashboards.generate import JSON_DIR
@@ -101,10 +102,10 @@ def test_datasource_variable_everywhere() -> None:
 
 def test_expected_variables() -> None:
     want = {
-        "celery-overview.json": ["datasource", "job"],
-        "celery-tasks.json": ["datasource", "job", "queue", "task"],
-        "celery-workers.json": ["datasource", "job", "worker"],
-        "celery-queues.json": ["datasource", "job", "queue"],
+        "celery-overview.json": ["datasource", "job", "instance"],
+        "celery-tasks.json": ["datasource", "job", "instance", "queue", "task"],
+        "celery-workers.json": ["datasource", "job", "instance", "worker"],
+        "celery-queues.json": ["datasource", "job", "instance", "queue"],
     }
     for name, d in build_all().items():
         assert [v["name"] for v in d["templating"]["list"]] == want[name]
@@ -176,13 +177,14 @@ def test_every_query_is_scoped_to_the_exporter_job() -> None:
                 for selector in re.findall(r"\{[^}]*\}", target["expr"]):
                     assert 'job="celery"' in selector and 'job=~"$job"' in selector, selector
                     assert 'cluster=~"$cluster"' in selector, selector
+                    assert 'instance=~"$instance"' in selector, selector
 
 
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     # promtool parses recording rule expressions: a cheap PromQL syntax check without a
     # running Prometheus. Variables are substituted the way the e2e test will.
     values = {"job": "celery", "queue": "celery", "task": "proj.tasks.add",
-              "worker": "celery@host1", "cluster": "eu"}
+              "worker": "celery@host1", "cluster": "eu", "instance": "exporter:9540"}
     rules = []
     for i, (where, expr) in enumerate(all_expressions(build_all(Options(cluster_label="c")))):
         if expr.startswith("label_values("):
@@ -213,6 +215,7 @@ def test_panel_queries_substitutes_variables() -> None:
                if "name=~" in e)
     assert any("[2m]" in e for _, e in picked)
     assert all('job=~".*"' in e for _, e in picked)  # "All" -> allValue
+    assert all('instance=~".*"' in e for _, e in picked)
 
 
 def test_panel_queries_refuses_unknown_variables() -> None:
@@ -232,6 +235,94 @@ def test_prefix_option_applies_everywhere() -> None:
 def test_invalid_options(kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Options(**kwargs)
+
+
+def stat_thresholds(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    panel = next(p for p in panels(dashboard) if p["title"] == title)
+    steps: list[dict[str, Any]] = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    return steps
+
+
+def test_thresholds_come_from_the_rules_config() -> None:
+    rules = RulesConfig(objective=0.95, queue_wait_p95_seconds=120.0,
+                        queue_length_threshold=500.0, task_failure_ratio=0.3)
+    built = build_all(Options.from_rules(rules))
+    overview, tasks = built["celery-overview.json"], built["celery-tasks.json"]
+    assert stat_thresholds(overview, "Success ratio")[-1] == {"color": "green", "value": 0.95}
+    assert stat_thresholds(overview, "Queue wait p95 (worst queue)")[-1]["value"] == 120
+    assert stat_thresholds(overview, "Messages queued")[-1]["value"] == 500
+    assert stat_thresholds(tasks, "Failure ratio by task")[-1]["value"] == 0.3
+    # The shipped dashboards draw the shipped rules' defaults.
+    default = build_all()["celery-overview.json"]
+    assert stat_thresholds(default, "Success ratio")[-1]["value"] == RulesConfig().objective
+
+
+def test_one_config_file_drives_rules_and_dashboards(tmp_path: Path) -> None:
+    from alerts import cli as rules_cli
+
+    config = tmp_path / "monitoring.yml"
+    config.write_text("objective: 0.97\nqueue-wait-p95-seconds: 90\njob_selector: job=\"w\"\n"
+                      "queues:\n  reports: {objective: 0.9}\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    rules_cli.register(parser.add_subparsers(dest="command", required=True))
+    assert rules_cli.run(parser.parse_args(["rules", "--out", str(tmp_path), "--config",
+                                            str(config)])) == 0
+    rules = (tmp_path / "celery-rules.yml").read_text(encoding="utf-8")
+    assert "(1 - 0.97)" in rules and "(1 - 0.9)" in rules and "> 90\n" in rules
+    assert cli.run(parse(["--out", str(tmp_path), "--config", str(config)])) == 0
+    overview = json.loads((tmp_path / "celery-overview.json").read_text(encoding="utf-8"))
+    assert stat_thresholds(overview, "Success ratio")[-1]["value"] == 0.97
+    assert stat_thresholds(overview, "Queue wait p95 (worst queue)")[-1]["value"] == 90
+    assert all('job="w"' in expr for _, expr in panel_queries(overview))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("objectiv: 0.9\n", encoding="utf-8")
+    assert cli.run(parse(["--out", str(tmp_path), "--config", str(bad)])) == 1
+
+
+def test_no_blank_legend_from_zero_padding_inside_by() -> None:
+    # `sum by (name) (...) or on () vector(0)` adds a series without `name`: a blank entry.
+    for where, expr in all_expressions(build_all()):
+        if "vector(0)" in expr:
+            padded = expr.split(" or ")[0]
+            assert not re.match(r"^\w+ by \(", padded), (where, expr)
+
+
+def test_per_task_panels_show_the_top_tasks_only() -> None:
+    tasks = build_all()["celery-tasks.json"]
+    for panel in panels(tasks):
+        for target in panel.get("targets", []):
+            if "{{name}}" in target.get("legendFormat", ""):
+                assert target["expr"].startswith("topk(10, "), (panel["title"], target["expr"])
+
+
+def test_overview_links_carry_the_variables() -> None:
+    overview = build_all()["celery-overview.json"]
+    urls = [link["url"] for p in panels(overview) for link in p.get("links", [])]
+    urls += [v["url"] for p in panels(overview) for o in p.get("fieldConfig", {}).get(
+        "overrides", []) for prop in o["properties"] if prop["id"] == "links"
+        for v in prop["value"]]
+    for uid in ("celery-queues", "celery-tasks", "celery-workers"):
+        assert any(u.startswith(f"/d/{uid}/") for u in urls), uid
+    for url in urls:
+        assert "${__url_time_range}" in url and "${job:queryparam}" in url, url
+        assert "${instance:queryparam}" in url, url
+    assert any("var-queue=${__field.labels.queue}" in u for u in urls)
+
+
+def test_overview_queue_wait_is_the_worst_queue() -> None:
+    overview = build_all()["celery-overview.json"]
+    panel = next(p for p in panels(overview) if p["title"] == "Queue wait p95 (worst queue)")
+    expr = panel["targets"][0]["expr"]
+    assert expr.startswith("max(histogram_quantile(0.95, sum by (job, queue, le) "), expr
+
+
+def test_gauges_and_rates_take_one_replica() -> None:
+    # Two exporters on one broker: every sum over worker gauges or counter rates reads one
+    # replica's value per series first (the rules do the same).
+    for where, expr in all_expressions(build_all()):
+        for inner in re.findall(r"sum(?: by \([^)]*\))? \((.{0,40})", expr):
+            assert inner.startswith(("max without (instance, pod)", "max by (queue)",
+                                     "rate(", "max(")) or "__name__" in inner, (where, expr)
 
 
 # --- CLI and upload ---
@@ -418,3 +509,36 @@ def test_upload_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_upload_verifies_tls() -> None:
     client = upload.Grafana("https://grafana.invalid", upload.Auth(token="t"))
     assert client.session.verify is True
+
+
+# --- the renderer behind the README pictures ---
+
+def panel_defaults(dashboard: str, title: str) -> dict[str, Any]:
+    panel = next(p for p in panels(build_all()[dashboard]) if p["title"] == title)
+    defaults: dict[str, Any] = panel["fieldConfig"]["defaults"]
+    return defaults
+
+
+def test_renderer_colours_stats_by_thresholds_and_mappings() -> None:
+    from dashboards.render import NAMED, stat_cell
+
+    ratio = panel_defaults("celery-overview.json", "Success ratio")
+    assert stat_cell(0.79, ratio) == ("79.00%", NAMED["red"])
+    assert stat_cell(0.995, ratio) == ("99.50%", NAMED["green"])
+    exporter = panel_defaults("celery-overview.json", "Exporter")
+    assert stat_cell(0, exporter) == ("DOWN", NAMED["red"])
+    assert stat_cell(1, exporter) == ("UP", NAMED["green"])
+    lost = panel_defaults("celery-overview.json", "Workers lost")
+    assert stat_cell(0, lost) == ("0", NAMED["green"])
+    assert stat_cell(2, lost) == ("2", NAMED["red"])
+
+
+@pytest.mark.parametrize("value, unit, text", [
+    (0.012, "s", "12 ms"), (4.5, "s", "4.50 s"), (290, "s", "4.8 min"),
+    (7200, "s", "2.0 hour"), (0.1234, "percentunit", "12.3%"), (12345, "short", "12.3 k"),
+    (3.5, "suffix:tasks/s", "3.5 tasks/s"), (2, "short", "2"),
+])
+def test_renderer_units(value: float, unit: str, text: str) -> None:
+    from dashboards.render import _format
+
+    assert _format(value, unit) == text

@@ -34,6 +34,11 @@ MIXES: dict[str, dict[str, int]] = {
 }
 
 
+# With a stuck queue, one task in this many goes there (the first one included).
+STUCK_EVERY = 10
+STUCK_SECONDS = 3600.0
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     rate: float = 20.0
@@ -43,6 +48,9 @@ class LoadOptions:
     mix: str = "default"
     slow_seconds: float = 8.0
     max_countdown: float = 20.0
+    # A queue whose consumer never starts what it sends (see `_send_stuck`): the demo's
+    # stuck-queue scenario. Empty: off.
+    stuck_queue: str = ""
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
@@ -55,6 +63,8 @@ class LoadOptions:
             raise ValueError(f"unknown mix {self.mix!r} (choose from {', '.join(MIXES)})")
         if self.slow_seconds <= 0 or self.max_countdown < 1:
             raise ValueError("slow-seconds must be > 0 and max-countdown >= 1")
+        if self.stuck_queue != self.stuck_queue.strip():
+            raise ValueError("stuck-queue must be a queue name without spaces around it")
 
 
 @dataclass
@@ -133,6 +143,8 @@ class LoadGenerator:
 
     def _publish(self, kind: str) -> None:
         self._seq += 1
+        if self.opts.stuck_queue and self._seq % STUCK_EVERY == 1:
+            kind = "stuck"
         getattr(self, f"_send_{kind}")()
         self.summary.kinds[kind] += 1
         self.summary.sent += 1
@@ -199,6 +211,12 @@ class LoadGenerator:
     def _send_slow(self) -> None:
         seconds = round(self.rng.uniform(0.5, 1.0) * self.opts.slow_seconds, 2)
         tasks.slow_report.delay(seconds, rows=self.rng.randrange(100, 10_000))
+
+    def _send_stuck(self) -> None:
+        # An hour-long report to the stuck queue. Its worker runs one at a time (-c 1,
+        # prefetch 1), so the first one occupies it and every later one waits in the broker
+        # with a consumer present and nothing starting: CeleryQueueStuck.
+        tasks.slow_report.apply_async((STUCK_SECONDS,), queue=self.opts.stuck_queue)
 
     def _send_revoke(self) -> None:
         countdown = self.rng.uniform(max(1.0, self.opts.max_countdown / 2), self.opts.max_countdown)

@@ -24,13 +24,17 @@ class Command(BaseCommand):
                             help="upper bound of a slow_report's runtime")
         parser.add_argument("--max-countdown", type=float, default=20.0,
                             help="upper bound of ETA/countdown delays (and revoke windows)")
+        parser.add_argument("--stuck-queue", default="",
+                            help="also send hour-long tasks to this queue (one in "
+                                 "ten), for a worker that never starts them: a stuck queue")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             options = LoadOptions(rate=opts["rate"], duration=opts["duration"],
                                   max_tasks=opts["max_tasks"], seed=opts["seed"],
                                   mix=opts["mix"], slow_seconds=opts["slow_seconds"],
-                                  max_countdown=opts["max_countdown"])
+                                  max_countdown=opts["max_countdown"],
+                                  stuck_queue=opts["stuck_queue"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         generator = LoadGenerator(app, options)
