@@ -92,13 +92,16 @@ def build(opts: Options) -> g.Dashboard:
         stat("Prefetched tasks", [(f"sum({q.g(m.WORKER_TASKS_PREFETCHED)})", "")], unit=COUNT,
              description="Tasks held in worker prefetch buffers, received but not started "
                          "(ETA tasks excluded)."),
-        stat("Exporter", [(f"min({q.up()})", "scrape"),
-                          (f"min({q.m(m.BROKER_CONNECTED)})", "broker"),
-                          (f"min({q.m(m.PROBE_SUCCESS)})", "probes")],
+        # max: with an HA pair, one replica answering is the service up; a replica that
+        # stops is CeleryExporterDown's business (per instance), not the front page's.
+        stat("Exporter", [(f"max({q.up()})", "scrape"),
+                          (f"max({q.m(m.BROKER_CONNECTED)})", "broker"),
+                          (f"max({q.m(m.PROBE_SUCCESS)})", "probes")],
              unit=COUNT, mappings=up_down_mappings(),
              thresholds=steps(("red", None), ("green", 1)),
              description="Whether Prometheus can scrape the exporter, the exporter is "
-                         "connected to the broker, and its last broker probes succeeded."),
+                         "connected to the broker, and its last broker probes succeeded "
+                         "(any replica of an HA pair)."),
     ]
 
     tasks = [

@@ -213,7 +213,7 @@ def test_broker_url_and_web_config_come_from_the_secret(
 
 def test_every_environment_variable_is_an_exporter_flag(
         rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    from exporter.cli import _env_name
+    from exporter.brokerargs import env_name as _env_name
 
     flags = {_env_name(opt) for action in build_parser()._actions
              for opt in action.option_strings if opt.startswith("--")}
