@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from exporter.metrics import DEFAULT_PREFIX
+from celery_events_exporter.metrics import DEFAULT_PREFIX
 
 RUNBOOK = ("https://github.com/celery-events-exporter/celery-events-exporter/blob/main/"
            "docs/runbook.md")

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.http import ExporterServer, serve
-from exporter.webconfig import WebConfig
+from celery_events_exporter.http import ExporterServer, serve
+from celery_events_exporter.webconfig import WebConfig
 
 COST = 10
 

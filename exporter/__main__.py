@@ -1,7 +1,7 @@
-"""`python -m exporter`: the same as the `celery-events-exporter` console script."""
+"""`python -m celery_events_exporter`: the same as the `celery-events-exporter` console script."""
 
 import sys
 
-from exporter.cli import main
+from celery_events_exporter.cli import main
 
 sys.exit(main())

@@ -16,10 +16,10 @@ from typing import NamedTuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, generate_latest
 
-from exporter import __version__
-from exporter.collector import generate_text
-from exporter.webconfig import WebConfig
-from exporter.webgate import ConnectionGate, Limits
+from celery_events_exporter import __version__
+from celery_events_exporter.collector import generate_text
+from celery_events_exporter.webconfig import WebConfig
+from celery_events_exporter.webgate import ConnectionGate, Limits
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
-from exporter import tlsverify
-from exporter.config import ConfigError
-from exporter.webauth import BasicAuth, cost
+from celery_events_exporter import tlsverify
+from celery_events_exporter.config import ConfigError
+from celery_events_exporter.webauth import BasicAuth, cost
 
 FLAG = "--web-config-file"
 

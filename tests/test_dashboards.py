@@ -18,15 +18,22 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.config import RulesConfig
-from alerts.promql import metric_names
-from dashboards import Options, build_all, cli, panel_queries, render_all, upload
-from dashboards.generate import JSON_DIR
-from dashboards.queries import variable_queries
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
+from celery_events_exporter.alerts.config import RulesConfig
+from celery_events_exporter.alerts.promql import metric_names
+from celery_events_exporter.dashboards import (
+    Options,
+    build_all,
+    cli,
+    panel_queries,
+    render_all,
+    upload,
+)
+from celery_events_exporter.dashboards.generate import JSON_DIR
+from celery_events_exporter.dashboards.queries import variable_queries
 
 ROOT = Path(__file__).resolve().parent.parent
-REGENERATE = ".venv/bin/python -m dashboards --out dashboards/json"
+REGENERATE = ".venv/bin/python -m celery_events_exporter.dashboards --out dashboards/json"
 UIDS = {
     "celery-overview.json": "celery-overview",
     "celery-tasks.json": "celery-tasks",
@@ -258,7 +265,7 @@ def test_thresholds_come_from_the_rules_config() -> None:
 
 
 def test_one_config_file_drives_rules_and_dashboards(tmp_path: Path) -> None:
-    from alerts import cli as rules_cli
+    from celery_events_exporter.alerts import cli as rules_cli
 
     config = tmp_path / "monitoring.yml"
     config.write_text("objective: 0.97\nqueue-wait-p95-seconds: 90\njob_selector: job=\"w\"\n"
@@ -520,7 +527,7 @@ def panel_defaults(dashboard: str, title: str) -> dict[str, Any]:
 
 
 def test_renderer_colours_stats_by_thresholds_and_mappings() -> None:
-    from dashboards.render import NAMED, stat_cell
+    from celery_events_exporter.dashboards.render import NAMED, stat_cell
 
     ratio = panel_defaults("celery-overview.json", "Success ratio")
     assert stat_cell(0.79, ratio) == ("79.00%", NAMED["red"])
@@ -539,6 +546,6 @@ def test_renderer_colours_stats_by_thresholds_and_mappings() -> None:
     (3.5, "suffix:tasks/s", "3.5 tasks/s"), (2, "short", "2"),
 ])
 def test_renderer_units(value: float, unit: str, text: str) -> None:
-    from dashboards.render import _format
+    from celery_events_exporter.dashboards.render import _format
 
     assert _format(value, unit) == text

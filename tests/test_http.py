@@ -37,11 +37,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
-from exporter import webauth, webconfig
-from exporter.config import ConfigError
-from exporter.http import ExporterServer, serve
-from exporter.webconfig import WebConfig
-from exporter.webgate import Limits, fd_budget
+from celery_events_exporter import webauth, webconfig
+from celery_events_exporter.config import ConfigError
+from celery_events_exporter.http import ExporterServer, serve
+from celery_events_exporter.webconfig import WebConfig
+from celery_events_exporter.webgate import Limits, fd_budget
 from tests.support.certs import Pki, make_pki
 from tests.support.procs import wait_until
 
@@ -156,7 +156,7 @@ def test_collector_that_raises_gives_500_then_recovers(caplog: pytest.LogCapture
     with running(_registry(flaky)) as server:
         port = server.server_address[1]
         flaky.broken = True
-        with caplog.at_level(logging.ERROR, logger="exporter.http"):
+        with caplog.at_level(logging.ERROR, logger="celery_events_exporter.http"):
             status, _, body = _get(port, "/metrics")
         assert status == 500
         assert body == b"error rendering metrics; see the exporter log\n"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as operator
 
-from exporter.cli import build_parser
+from celery_events_exporter.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -142,7 +142,7 @@ def test_crd_models_reject_bad_and_unknown_fields() -> None:
 
 
 def test_prometheus_rule_passes_promtool_and_matches_alerts(tmp_path: Path) -> None:
-    from alerts.rules import RULES_FILE
+    from celery_events_exporter.alerts.rules import RULES_FILE
 
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is missing: scripts/test installs it"
@@ -213,7 +213,7 @@ def test_broker_url_and_web_config_come_from_the_secret(
 
 def test_every_environment_variable_is_an_exporter_flag(
         rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    from exporter.brokerargs import env_name as _env_name
+    from celery_events_exporter.brokerargs import env_name as _env_name
 
     flags = {_env_name(opt) for action in build_parser()._actions
              for opt in action.option_strings if opt.startswith("--")}
@@ -231,7 +231,7 @@ def test_overlays_pick_the_ingest_of_their_broker() -> None:
 
 
 def test_service_monitor_scrapes_the_job_the_rules_and_dashboards_select() -> None:
-    from alerts.config import RulesConfig
+    from celery_events_exporter.alerts.config import RulesConfig
 
     objects = render("base")
     service, monitor = one(objects, "Service"), one(objects, "ServiceMonitor")

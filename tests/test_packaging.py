@@ -62,9 +62,9 @@ def test_every_requirement_is_pinned_within_its_range() -> None:
 # --- the built wheel, installed without extras into a clean venv ---------------------------
 
 # The import names the wheel installs; the package rename turns these into one.
-TOP_LEVEL = {"exporter", "dashboards", "alerts"}
+TOP_LEVEL = {"celery_events_exporter"}
 # `python -m <this>` is the console script.
-MAIN_MODULE = "exporter"
+MAIN_MODULE = "celery_events_exporter"
 SOURCES = ("pyproject.toml", "README.md", "exporter", "dashboards", "alerts")
 WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
 # Modules of the extras and of the demo: none of them may be in the plain install.
@@ -161,7 +161,7 @@ def test_wheel_installs_only_its_own_top_level_names(built: Built) -> None:
 
 
 def test_wheel_ships_the_dashboards_and_rules(venv: Venv) -> None:
-    from alerts.rules import RULES_FILE
+    from celery_events_exporter.alerts.rules import RULES_FILE
 
     site = venv.site_packages()
     shipped = {p.name: p.read_bytes() for p in site.rglob("*.json") if p.parent.name == "json"
@@ -179,7 +179,7 @@ def test_plain_install_has_no_extras(venv: Venv) -> None:
 
 
 def test_console_script_and_python_m_agree(venv: Venv) -> None:
-    from exporter import __version__
+    from celery_events_exporter import __version__
 
     by_script = venv.run(venv.script, "--version")
     by_module = venv.run(venv.python, "-m", MAIN_MODULE, "--version")
@@ -190,7 +190,7 @@ def test_console_script_and_python_m_agree(venv: Venv) -> None:
 
 
 def test_rules_subcommand_works_from_the_plain_wheel(venv: Venv, tmp_path: Path) -> None:
-    from alerts.rules import RULES_FILE
+    from celery_events_exporter.alerts.rules import RULES_FILE
 
     out = venv.run(venv.script, "rules", "--out", tmp_path)
     assert out.returncode == 0, out.stderr

@@ -27,9 +27,9 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:  # run as a script: the repo's packages are importable
     sys.path.insert(0, str(REPO))
 
-from alerts.rules import build as build_rules  # noqa: E402
-from exporter import __version__  # noqa: E402
-from exporter.config import DEFAULT_PORT  # noqa: E402
+from celery_events_exporter import __version__  # noqa: E402
+from celery_events_exporter.alerts.rules import build as build_rules  # noqa: E402
+from celery_events_exporter.config import DEFAULT_PORT  # noqa: E402
 
 NAME = "celery-events-exporter"
 # The Secret the platform engineer creates (README "Kubernetes"): the broker URL (it may

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from alerts.config import RulesConfig
-from dashboards import Options, build_all
-from dashboards.queries import panel_queries
+from celery_events_exporter.alerts.config import RulesConfig
+from celery_events_exporter.dashboards import Options, build_all
+from celery_events_exporter.dashboards.queries import panel_queries
 from scripts.stack import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,7 +283,7 @@ def test_stuck_queue_fires_through_alertmanager(demo: Demo, webhook: Webhook) ->
 
 
 def test_dashboards_render_from_real_data(demo: Demo, tmp_path: Path) -> None:
-    from dashboards.render import render
+    from celery_events_exporter.dashboards.render import render
 
     end = time.time()
     for path in sorted((ROOT / "dashboards" / "json").glob("*.json")):

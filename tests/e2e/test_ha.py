@@ -33,10 +33,10 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.config import RulesConfig
-from alerts.rules import build as build_rules
-from dashboards import Options, build_all
-from dashboards.queries import panel_queries
+from celery_events_exporter.alerts.config import RulesConfig
+from celery_events_exporter.alerts.rules import build as build_rules
+from celery_events_exporter.dashboards import Options, build_all
+from celery_events_exporter.dashboards.queries import panel_queries
 from tests.support.procs import ExporterProc, Producer, WorkerProc, wait_until
 from tests.support.servers import free_port, stop_proc, wait_for_port
 
