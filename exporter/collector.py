@@ -27,6 +27,27 @@ from exporter.pipeline import Pipeline
 from exporter.probes import ProbeResults
 
 
+@dataclass(slots=True, frozen=True)
+class _WorkerRow:
+    """One node as the scrape saw it, copied under the lock."""
+
+    label: str
+    hostname: str
+    up: bool
+    active: int | None
+    prefetched: int
+    scheduled: int
+    last_seen: float
+    sw_ver: str
+    sw_ident: str
+    sw_sys: str
+    pool: int | None
+    prefetch_limit: int | None
+    events_missing: bool
+    queues: frozenset[str]
+    said_goodbye: bool
+
+
 @dataclass(slots=True)
 class _WorkerGroup:
     """The nodes behind one worker label, summed (node counts are ints)."""
@@ -80,10 +101,10 @@ class CeleryCollector:
         with self.pipeline.lock:
             counters = [(s.metric, s.data.copy()) for s in state.counters.values()]
             histograms = [(s.metric, s.bounds, s.data.copy()) for s in state.histograms.values()]
-            workers = [(w.label if not self.drop_worker else w.hostname, w.hostname, w.up,
-                        w.active, w.prefetched, w.scheduled, w.last_seen, w.sw_ver, w.sw_ident,
-                        w.sw_sys, w.pool, w.prefetch_limit, w.events_missing, w.queues,
-                        w.said_goodbye)
+            workers = [_WorkerRow(w.label if not self.drop_worker else w.hostname,
+                                  w.hostname, w.up, w.active, w.prefetched, w.scheduled,
+                                  w.last_seen, w.sw_ver, w.sw_ident, w.sw_sys, w.pool,
+                                  w.prefetch_limit, w.events_missing, w.queues, w.said_goodbye)
                        for w in state.workers.values()]
             event_types = dict(state.event_types)
             invalid = dict(state.invalid)
@@ -153,7 +174,7 @@ class CeleryCollector:
             text = self._le[bound] = floatToGoString(bound)
         return text
 
-    def _workers(self, workers: list, missing: bool) -> Iterator[Metric]:
+    def _workers(self, workers: list[_WorkerRow], missing: bool) -> Iterator[Metric]:
         static = self.static_values
         up = self._gauge(m.WORKER_UP)
         active = self._gauge(m.WORKER_TASKS_ACTIVE)
@@ -168,24 +189,23 @@ class CeleryCollector:
         # Worker gauges are per node: with grouped worker labels several nodes share a
         # label, so their values add up (and `up` counts live nodes).
         groups: dict[str, _WorkerGroup] = {}
-        for (label, _host, is_up, act, pre, sch, last, ver, ident, system, size, plimit, miss,
-             _queues, goodbye) in workers:
-            g = groups.get(label)
+        for w in workers:
+            g = groups.get(w.label)
             if g is None:
-                g = groups[label] = _WorkerGroup()
+                g = groups[w.label] = _WorkerGroup()
             g.nodes += 1
-            g.up += 1.0 if is_up else 0.0
-            g.active += (act or 0) if is_up else 0
-            g.prefetched += max(pre, 0)
-            g.scheduled += max(sch, 0)
-            g.last_seen = max(g.last_seen, last)
-            g.pool += size or 0
-            g.limit += plimit or 0
-            g.probed += size is not None
-            g.events_missing = g.events_missing or bool(miss and is_up)
-            g.said_goodbye += bool(goodbye and not is_up)
-            if ver or ident or system:
-                info.add_metric([label, ver, ident, system, *static], 1)
+            g.up += 1.0 if w.up else 0.0
+            g.active += (w.active or 0) if w.up else 0
+            g.prefetched += max(w.prefetched, 0)
+            g.scheduled += max(w.scheduled, 0)
+            g.last_seen = max(g.last_seen, w.last_seen)
+            g.pool += w.pool or 0
+            g.limit += w.prefetch_limit or 0
+            g.probed += w.pool is not None
+            g.events_missing = g.events_missing or bool(w.events_missing and w.up)
+            g.said_goodbye += bool(w.said_goodbye and not w.up)
+            if w.sw_ver or w.sw_ident or w.sw_sys:
+                info.add_metric([w.label, w.sw_ver, w.sw_ident, w.sw_sys, *static], 1)
         for label, g in sorted(groups.items()):
             key = [label, *static]
             up.add_metric(key, g.up)
@@ -201,16 +221,16 @@ class CeleryCollector:
         yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing,
                     clean)
 
-    def _queues(self, workers: list) -> Iterator[Metric]:
+    def _queues(self, workers: list[_WorkerRow]) -> Iterator[Metric]:
         static = self.static_values
         with self.probes.lock:
             facts = self.probes.queues
             lengths, consumers = dict(facts.length), dict(facts.consumers)
             unacked, utilisation = dict(facts.unacked), dict(facts.utilisation)
-        if not consumers and any(row[13] for row in workers):
+        if not consumers and any(w.queues for w in workers):
             # Redis has no consumer count: count live workers that consume each queue.
             for name in lengths:
-                consumers[name] = float(sum(1 for row in workers if row[2] and name in row[13]))
+                consumers[name] = float(sum(1 for w in workers if w.up and name in w.queues))
         for metric, values in ((m.QUEUE_LENGTH, lengths), (m.QUEUE_CONSUMERS, consumers),
                                (m.QUEUE_MESSAGES_UNACKED, unacked),
                                (m.QUEUE_CONSUMER_UTILISATION, utilisation)):

@@ -1,0 +1,449 @@
+"""Pure aggregates from Celery events: no I/O, no clock reads, no threads.
+
+`State.ingest(events, now)` applies a batch of decoded events received at `now` (the
+exporter's clock); `State.tick(now)` ages workers and in-flight tasks. Given the same
+events and times it always produces the same numbers, which is how the tests drive it.
+
+This is the one module that knows every event type; the rooms it drives (task table,
+worker registry, clocks, held observations, series) know nothing of each other's events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from exporter import metrics as m
+from exporter.decode import REASONS
+from exporter.labels import UNKNOWN, Labeler, exception_class
+from exporter.state.clocks import Clocks
+from exporter.state.config import MAX_KEY, StateConfig
+from exporter.state.pending import Op, Pending
+from exporter.state.series import Series
+from exporter.state.tasks import (
+    PREFETCHED,
+    SCHEDULED,
+    Task,
+    TaskTable,
+    parse_eta,
+    queue_of,
+    release,
+)
+from exporter.state.workers import Worker, Workers
+
+_MAX_EVENT_TYPES = 64
+EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
+
+
+class Seen:
+    """One task event on its way to the series: which task, from which worker, when."""
+
+    __slots__ = ("event", "now", "task", "uuid", "worker")
+
+    def __init__(self, uuid: str, task: Task, event: dict, worker: Worker, now: float) -> None:
+        self.uuid = uuid
+        self.task = task
+        self.event = event
+        self.worker = worker
+        self.now = now
+
+
+class State:
+    def __init__(self, config: StateConfig | None = None) -> None:
+        self.config = cfg = config or StateConfig()
+        self.labels = Labeler(cfg.labels)
+        self.table = TaskTable(cfg.max_tasks)
+        self.registry = Workers(cfg, self.labels)
+        self.clocks = Clocks()
+        self.pending = Pending(self.labels, cfg.max_tasks)
+        # The read side (collector, checks, tests) reads these by their old names.
+        self.tasks = self.table.tasks
+        self.finished = self.table.finished
+        self.evicted = self.table.evicted
+        self.workers = self.registry.workers
+        limit = cfg.max_series
+        self.counters = {metric.key: Series(metric, limit) for metric in m.TASK_COUNTERS}
+        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric))
+                           for metric in m.HISTOGRAMS}
+        self.event_types: dict[str, int] = {}
+        self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
+        self.clamped: dict[str, int] = {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
+        self.queues_seen: dict[str, None] = {}
+        self.last_event = 0.0
+        self.lag = 0.0
+        self.task_events_total = 0
+
+        self._task = self.table.task
+        self._worker = self.registry.get
+        self._offset = self.clocks.observe
+        c = self.counters
+        self._sent, self._received = c[m.TASK_SENT.key], c[m.TASK_RECEIVED.key]
+        self._started, self._succeeded = c[m.TASK_STARTED.key], c[m.TASK_SUCCEEDED.key]
+        self._failed, self._retried = c[m.TASK_FAILED.key], c[m.TASK_RETRIED.key]
+        self._rejected, self._revoked = c[m.TASK_REJECTED.key], c[m.TASK_REVOKED.key]
+        h = self.histograms
+        self._qwait, self._pwait = h[m.QUEUE_WAIT.key], h[m.PREFETCH_WAIT.key]
+        self._runtime = h[m.RUNTIME.key]
+        self._handlers = {
+            "task-sent": self._on_sent,
+            "task-received": self._on_received,
+            "task-started": self._on_started,
+            "task-succeeded": self._on_succeeded,
+            "task-failed": self._on_failed,
+            "task-retried": self._on_retried,
+            "task-rejected": self._on_rejected,
+            "task-revoked": self._on_revoked,
+            "task-cancelled": self._on_cancelled,
+            "worker-online": self._on_worker_online,
+            "worker-heartbeat": self._on_heartbeat,
+            "worker-offline": self._on_worker_offline,
+        }
+
+    # -- entry points -------------------------------------------------------------------
+
+    def invalid_event(self, reason: str, count: int = 1) -> None:
+        self.invalid[reason] = self.invalid.get(reason, 0) + count
+
+    def ingest(self, events: Iterable[object], now: float) -> None:
+        """Apply events received together at `now` (one broker message, possibly a batch)."""
+        handlers = self._handlers
+        types = self.event_types
+        ts = None
+        for event in events:
+            if type(event) is not dict:
+                self.invalid_event("not_an_object")
+                continue
+            kind = event.get("type")
+            try:
+                n = types.get(kind)  # type: ignore[arg-type]
+            except TypeError:  # a list or object as the type: unhashable, hostile
+                n = None
+            if n is None:
+                if type(kind) is not str:
+                    self.invalid_event("missing_type")
+                    continue
+                n = 0
+                if len(types) >= _MAX_EVENT_TYPES or len(kind) > 64:
+                    kind = "other"
+                    n = types.get(kind, 0)
+            types[kind] = n + 1  # type: ignore[index]
+            handler = handlers.get(kind)  # type: ignore[arg-type]
+            if handler is None:
+                continue
+            ts = event.get("timestamp")
+            if type(ts) is not float:
+                if type(ts) is int:
+                    ts = float(ts)
+                else:
+                    self.invalid_event("bad_timestamp")
+                    ts = None
+                    continue
+            try:
+                handler(event, ts, now)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
+                self.invalid_event("bad_field")
+        self.last_event = now
+        if ts is not None:
+            self.lag = now - ts
+
+    def tick(self, now: float) -> None:
+        """Age workers (timeout, retention) and in-flight tasks (TTL); roll clock offsets."""
+        self.registry.age(now, self.counters.values())
+        self.table.expire(now - self.config.task_ttl)
+        self.pending.due(now)
+        self.clocks.roll(now)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _known(self, uuid: object) -> Task:
+        """The task for a terminal event: tracked, recently finished, or unknown."""
+        task = self.tasks.get(uuid)  # type: ignore[arg-type]
+        if task is not None:
+            return task
+        held = self.pending.held.get(uuid)  # type: ignore[arg-type]
+        if held is not None:
+            return held.task
+        task = Task()
+        remembered = self.finished.get(uuid)  # type: ignore[arg-type]
+        if remembered is not None:
+            task.name, task.queue = remembered
+        return task
+
+    def _capture_name(self, task: Task, event: dict) -> None:
+        if task.name is None:
+            raw = event.get("name")
+            if type(raw) is str:
+                task.name = raw if len(raw) <= MAX_KEY else raw[:MAX_KEY]
+
+    def _names(self, task: Task, event: dict, worker: Worker | None) -> tuple[str, str] | None:
+        self._capture_name(task, event)
+        name = task.name
+        label = self.labels.task(name) if name is not None else UNKNOWN
+        if label is None:
+            return None
+        return label, queue_of(task, worker)
+
+    def _emit(self, at: Seen, series: Series, tail: tuple[str, ...] = (),
+              value: float | None = None) -> None:
+        """Count (value None) or observe under the task's labels, or hold the update until
+        task-sent names the queue (see `pending`)."""
+        task = at.task
+        if task.queue is None and self.pending.wants(at.uuid, task, at.worker, at.now):
+            self._capture_name(task, at.event)
+            self.pending.hold(at.uuid, task, Op(series, tail, value), at.now)
+            return
+        names = self._names(task, at.event, at.worker)
+        if names is None:
+            return
+        if value is None:
+            series.inc((*names, *tail))
+        else:
+            series.observe(names, value)
+
+    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float) -> None:
+        if names is None:
+            return
+        wait = started - sent
+        if wait < 0:
+            self.clamped[m.QUEUE_WAIT.key] += 1
+            wait = 0.0
+        self._qwait.observe(names, wait)
+
+    def _new_attempt(self, task: Task, retries: object) -> None:
+        if type(retries) is int and retries > task.retries:
+            task.retries = retries
+            release(task)
+            task.received = task.started = task.started_at = None
+            task.sent = None
+            task.eta = False
+
+    # -- task events ---------------------------------------------------------------------
+
+    def _on_sent(self, e: dict, ts: float, now: float) -> None:
+        self.pending.sent_seen = now
+        uuid = e["uuid"]
+        held = self.pending.held.get(uuid)
+        if uuid in self.tasks or (held is None and uuid not in self.finished):
+            task = self._task(uuid, now)
+        elif held is not None:
+            # Finished before its task-sent arrived: label it, but do not track it again.
+            task = held.task
+        else:
+            # Producers publish task-sent after the task message, so a busy producer's
+            # event can arrive after the worker's whole lifecycle: count it, but do not
+            # put the finished task back in the in-flight table until the TTL.
+            self._late_sent(e)
+            return
+        self._new_attempt(task, e.get("retries"))
+        name = e.get("name")
+        if type(name) is str:
+            task.name = name if len(name) <= MAX_KEY else name[:MAX_KEY]
+        queue = e.get("queue") or e.get("routing_key")
+        if type(queue) is str:
+            task.queue = queue = self.labels.queue(queue)
+            if queue not in self.queues_seen and len(self.queues_seen) < 10_000:
+                self.queues_seen[queue] = None
+        offset = self._offset(e.get("hostname") or "", ts, now)
+        eta = parse_eta(e.get("eta")) if e.get("eta") else None
+        start = ts if eta is None or eta < ts else eta
+        task.sent = start + offset
+        names = self._names(task, e, None)
+        if names is not None:
+            self._sent.inc(names)
+        if task.started_at is not None:
+            # The worker started it before this event arrived: the wait is known now.
+            self._observe_wait(names, task.started_at, task.sent)
+            task.started_at = None
+        if held is not None:
+            self.pending.resolve(uuid)
+
+    def _late_sent(self, e: dict) -> None:
+        task = Task()
+        task.name, task.queue = self.finished[e["uuid"]]
+        queue = e.get("queue") or e.get("routing_key")
+        if type(queue) is str:
+            task.queue = self.labels.queue(queue)
+        names = self._names(task, e, None)
+        if names is not None:
+            self._sent.inc(names)
+
+    def _on_received(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._task(uuid, now)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        self._new_attempt(task, e.get("retries"))
+        release(task)
+        task.received = ts
+        task.worker = worker
+        task.wgen = worker.gen
+        task.eta = bool(e.get("eta"))
+        if task.eta:
+            task.buf = SCHEDULED
+            worker.scheduled += 1
+        else:
+            task.buf = PREFETCHED
+            worker.prefetched += 1
+        self._emit(Seen(uuid, task, e, worker, now), self._received, (worker.label,))
+
+    def _on_started(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._task(uuid, now)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        release(task)
+        task.started = ts
+        task.worker = worker
+        at = Seen(uuid, task, e, worker, now)
+        self._emit(at, self._started, (worker.label,))
+        started = ts + self._offset(worker.hostname, ts, now)
+        if task.sent is not None:
+            wait = started - task.sent
+            if wait < 0:
+                self.clamped[m.QUEUE_WAIT.key] += 1
+                wait = 0.0
+            self._emit(at, self._qwait, value=wait)
+        else:
+            task.started_at = started
+        if task.received is not None and not task.eta:
+            wait = ts - task.received
+            if wait < 0:
+                self.clamped[m.PREFETCH_WAIT.key] += 1
+                wait = 0.0
+            self._emit(at, self._pwait, value=wait)
+
+    def _on_succeeded(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._known(uuid)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        self.table.finish(uuid, task, True)
+        at = Seen(uuid, task, e, worker, now)
+        self._emit(at, self._succeeded, (worker.label,))
+        runtime = e.get("runtime")
+        if runtime is None and task.started is not None:
+            runtime = ts - task.started
+        if runtime is not None and runtime >= 0 and not math.isinf(runtime):
+            self._emit(at, self._runtime, value=float(runtime))
+
+    def _on_failed(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._known(uuid)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        self.table.finish(uuid, task, True)
+        exc = self.labels.cap(exception_class(e.get("exception")))
+        at = Seen(uuid, task, e, worker, now)
+        self._emit(at, self._failed, (worker.label, exc))
+        if task.started is not None and ts >= task.started:
+            self._emit(at, self._runtime, value=ts - task.started)
+
+    def _on_retried(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        # With a zero countdown the next attempt can finish before this event is sent: then
+        # count it under the remembered name rather than resurrect the finished task.
+        task = self._task(uuid, now) if uuid in self.tasks else self._known(uuid)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        release(task)
+        # The next attempt's task-sent may already have arrived and reset the attempt.
+        task.started = None
+        self._emit(Seen(uuid, task, e, worker, now), self._retried, (worker.label,))
+
+    def _on_rejected(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._known(uuid)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        if e.get("requeue") and uuid in self.tasks:
+            release(task)
+            task.received = task.started = None
+        else:
+            self.table.finish(uuid, task, True)
+        self._emit(Seen(uuid, task, e, worker, now), self._rejected, (worker.label,))
+
+    def _on_revoked(self, e: dict, ts: float, now: float) -> None:
+        uuid = e["uuid"]
+        task = self._known(uuid)
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        self.table.finish(uuid, task, True)
+        if e.get("expired"):
+            reason = "expired"
+        elif e.get("terminated"):
+            reason = "terminated"
+        else:
+            reason = "revoked"
+        self._emit(Seen(uuid, task, e, worker, now), self._revoked, (worker.label, reason))
+
+    def _on_cancelled(self, e: dict, ts: float, now: float) -> None:
+        task = self.tasks.get(e["uuid"])
+        worker = self._worker(e["hostname"], now)
+        worker.task_events += 1
+        if task is not None:
+            release(task)
+            task.started = None
+
+    # -- worker events --------------------------------------------------------------------
+
+    def _update_worker(self, worker: Worker, e: dict, ts: float, now: float) -> None:
+        worker.last_seen = now
+        freq = e.get("freq")
+        if type(freq) in (int, float) and freq > 0:
+            worker.freq = float(freq)
+        for attr in ("sw_ident", "sw_ver", "sw_sys"):
+            value = e.get(attr)
+            if type(value) is str and value:
+                setattr(worker, attr, self.labels.cap(value))
+        self._offset(worker.hostname, ts, now)
+
+    def _on_worker_online(self, e: dict, ts: float, now: float) -> None:
+        worker = self._worker(e["hostname"], now)
+        # A restarted node starts with empty buffers and a fresh 'processed' count.
+        worker.drop_buffers()
+        worker.active = None
+        worker.last_processed = None
+        worker.silent_beats = 0
+        worker.events_missing = False
+        self._update_worker(worker, e, ts, now)
+
+    def _on_heartbeat(self, e: dict, ts: float, now: float) -> None:
+        worker = self._worker(e["hostname"], now)
+        self._update_worker(worker, e, ts, now)
+        active = e.get("active")
+        if type(active) is int:
+            worker.active = active
+        processed = e.get("processed")
+        # The wake-up heartbeat carries no active/processed: it says nothing about load.
+        if type(processed) is int:
+            last = worker.last_processed
+            if last is not None and processed > last and worker.task_events == 0:
+                worker.silent_beats += 1
+            elif worker.task_events:
+                worker.silent_beats = 0
+            worker.events_missing = worker.silent_beats >= 2
+            worker.last_processed = processed
+            worker.task_events = 0
+
+    def _on_worker_offline(self, e: dict, ts: float, now: float) -> None:
+        worker = self._worker(e["hostname"], now)
+        self._update_worker(worker, e, ts, now)
+        self.registry.down(worker, now)
+        worker.said_goodbye = True
+
+    # -- read side ------------------------------------------------------------------------
+
+    @property
+    def workers_dropped(self) -> int:
+        return self.registry.dropped
+
+    @property
+    def series_dropped(self) -> dict[str, int]:
+        out = {series.metric.key: series.dropped
+               for series in (*self.counters.values(), *self.histograms.values())}
+        out[m.WORKER_UP.key] = self.registry.dropped
+        return out
+
+    @property
+    def task_events_missing(self) -> bool:
+        return any(w.up and w.events_missing for w in self.workers.values())
