@@ -147,11 +147,13 @@ def build(opts: Options) -> g.Dashboard:
             (f"sum({q.rate(q.m(m.BROKER_RECONNECTS))})", "broker reconnects"),
             (f"sum by (probe) ({q.rate(q.m(m.PROBE_ERRORS))})", "probe errors: {{probe}}"),
             (f"sum by (metric) ({q.rate(q.m(m.WAITS_CLAMPED))})", "clamped: {{metric}}"),
+            (f"sum by (type) ({q.rate(q.m(m.EVENTS_DUPLICATE))})", "duplicate: {{type}}"),
         ], unit=PER_SECOND, w=6,
             description="Anything here means some numbers are incomplete: invalid events "
                         "dropped, series over the cap, tasks evicted before finishing, "
                         "reconnects, failing probes; clamped waits mean clock skew between "
-                        "hosts. Empty is good."),
+                        "hosts; duplicates are re-sent terminal events, dropped so nothing "
+                        "is counted twice. Empty is good."),
         timeseries("In-flight tasks tracked", [(f"sum({q.m(m.TASKS_TRACKED)})", "tracked")],
                    unit=COUNT, w=6,
                    description="Tasks the exporter holds between their first and final "

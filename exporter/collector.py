@@ -108,6 +108,7 @@ class CeleryCollector:
                        for w in state.workers.values()]
             event_types = dict(state.event_types)
             invalid = dict(state.invalid)
+            duplicates = dict(state.duplicates)
             evicted = dict(state.evicted)
             clamped = dict(state.clamped)
             dropped = state.series_dropped
@@ -155,6 +156,7 @@ class CeleryCollector:
         yield reconnect_family
         yield by(m.EVENTS, event_types, counter=True)
         yield by(m.EVENTS_INVALID, invalid, counter=True)
+        yield by(m.EVENTS_DUPLICATE, duplicates, counter=True)
         if last_event:
             yield one(m.LAST_EVENT, last_event)
             yield one(m.EVENT_LAG, lag)

@@ -154,7 +154,13 @@ BROKER_RECONNECTS = Metric("exporter_broker_reconnects_total", "counter",
 EVENTS = Metric("exporter_events_total", "counter",
                 "Events ingested, by event type.", ("type",))
 EVENTS_INVALID = Metric("exporter_events_invalid_total", "counter",
-                        "Messages or events dropped as invalid, by reason.", ("reason",))
+                        "Messages or events dropped as invalid, by reason "
+                        "(value_out_of_range: the event counts, its runtime is dropped).",
+                        ("reason",))
+EVENTS_DUPLICATE = Metric("exporter_events_duplicate_total", "counter",
+                          "Terminal task events dropped because that end of the task was "
+                          "counted already (Celery re-sends buffered events after a "
+                          "reconnect), by event type.", ("type",))
 LAST_EVENT = Metric("exporter_last_event_timestamp_seconds", "gauge",
                     "When the last event was received (exporter clock).")
 EVENT_LAG = Metric("exporter_event_lag_seconds", "gauge",
@@ -185,8 +191,9 @@ ALL: tuple[Metric, ...] = (
     *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
     WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
-    EVENTS_INVALID, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED, SERIES_DROPPED,
-    WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS, WORKERS_TASK_EVENTS_MISSING,
+    EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,
+    SERIES_DROPPED, WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS,
+    WORKERS_TASK_EVENTS_MISSING,
 )
 
 BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}

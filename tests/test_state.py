@@ -359,13 +359,19 @@ def test_producer_clock_behind_is_corrected_with_host_offsets() -> None:
     assert s.clamped[m.QUEUE_WAIT.key] == 0
 
 
-def test_worker_clock_behind_producer_clamps_at_zero_and_counts_it() -> None:
+def test_wait_that_stays_negative_after_offsets_is_clamped_at_zero_and_counted() -> None:
+    """Offsets are estimated from transit, so a late task-sent overstates the publish time.
+
+    The worker's clock is 10 s behind; its heartbeats arrive at once (offset 10). The
+    producer's only event is 2 s late in transit (offset 2, publish read as 2 s late). The
+    worker starts 1 s after the real publish: corrected wait 1 - 2 = -1 s.
+    """
     s = State()
-    # One event only from each host: offsets equal the transit, so the skew shows up raw.
-    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0)
-    s.ingest([ev("task-started", T0 - 5, uuid="a")], T0 + 1)
-    assert hist(s, m.QUEUE_WAIT, "n", "q")[0] == 1
-    assert hist(s, m.QUEUE_WAIT, "n", "q")[1] >= 0
+    s.ingest([ev("worker-heartbeat", T0 - 20, freq=2.0)], T0 - 10)
+    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0 + 2)
+    s.ingest([ev("task-started", T0 - 9, uuid="a")], T0 + 2)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, 0.0)
+    assert s.clamped[m.QUEUE_WAIT.key] == 1
 
 
 def test_prefetch_wait_uses_the_worker_clock_only() -> None:
@@ -602,3 +608,134 @@ def test_same_events_same_numbers() -> None:
                 {k: dict(v.data) for k, v in s.histograms.items()})
 
     assert run() == run()
+
+
+# -- issue 10: exact under production conditions --------------------------------------------
+
+
+def test_handled_event_types_still_apply_after_64_custom_types() -> None:
+    """Only the event-type counter is capped; handlers keep working (issue 10, point 3)."""
+    s = State()
+    for i in range(70):
+        s.ingest([{"type": f"custom-{i}", "timestamp": T0}], T0)
+    feed(s, lifecycle("a", T0 + 1))
+    s.ingest([ev("worker-heartbeat", T0 + 2, freq=2.0, active=3, processed=1)], T0 + 2)
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert s.workers[W1].active == 3
+    assert s.event_types["other"] >= 1
+    assert len(s.event_types) <= 65
+
+
+@pytest.mark.parametrize("late_after", ["task-received", "task-started"])
+def test_late_task_retried_leaves_the_next_attempt_on_another_worker_alone(
+        late_after: str) -> None:
+    """Attempt 0 on W1 retries; attempt 1 lands on W2 before W1's task-retried arrives
+    (issue 10, point 6): W2's prefetch gauge and the attempt's start time stay right."""
+    s = State()
+    online(s, W1)
+    online(s, W2)
+    events = [
+        ev("task-sent", T0, uuid="a", name="app.flaky", queue="default", retries=0, eta=None),
+        ev("task-received", T0 + 0.1, uuid="a", name="app.flaky", retries=0, eta=None),
+        ev("task-started", T0 + 0.2, uuid="a"),
+        ev("task-sent", T0 + 0.3, uuid="a", name="app.flaky", queue="default", retries=1,
+           eta=None, hostname="gen7@w1"),
+        ev("task-received", T0 + 0.4, uuid="a", name="app.flaky", retries=1, eta=None,
+           hostname=W2),
+    ]
+    if late_after == "task-started":
+        events.append(ev("task-started", T0 + 0.5, uuid="a", hostname=W2))
+    feed(s, [*events, ev("task-retried", T0 + 0.25, uuid="a", exception="IOError()")],
+         lag=0.01)
+    expected = 1 if late_after == "task-received" else 0
+    assert s.workers[W2].prefetched == expected
+    assert s.workers[W1].prefetched == 0
+    assert counter(s, m.TASK_RETRIED, "app.flaky", "default", W1) == 1
+    if late_after == "task-started":
+        feed(s, [ev("task-failed", T0 + 2.5, uuid="a", exception="KeyError()", hostname=W2)])
+        assert hist(s, m.RUNTIME, "app.flaky", "default") == (1, pytest.approx(2.0))
+
+
+@pytest.mark.parametrize("outcome", ["task-succeeded", "task-failed"])
+def test_terminal_event_sent_twice_is_counted_once(outcome: str) -> None:
+    """Celery re-sends its buffered events after a reconnect (issue 10, point 7)."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0, outcome=outcome)
+    feed(s, [*events, events[-1]])
+    metric = m.TASK_SUCCEEDED if outcome == "task-succeeded" else m.TASK_FAILED
+    key = ("app.add", "default", W1) + (() if outcome == "task-succeeded" else ("ValueError",))
+    assert counter(s, metric, *key) == 1
+    assert hist(s, m.RUNTIME, "app.add", "default")[0] == 1
+    assert s.duplicates[outcome] == 1
+
+
+def test_task_run_again_after_finishing_is_counted_again() -> None:
+    """A redelivered message (acks_late, lost ack) runs again: not a duplicate."""
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0))
+    feed(s, lifecycle("a", T0 + 5)[1:])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 2
+    assert not any(s.duplicates.values())
+
+
+def test_long_running_task_keeps_its_labels_past_the_ttl() -> None:
+    """Started tasks on a live worker are not evicted (issue 10, point 4)."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("long", T0)[:3])
+    for i in range(1, 60):  # a live worker: heartbeats keep it up for two hours
+        s.ingest([ev("worker-heartbeat", T0 + 120 * i, freq=60.0)], T0 + 120 * i)
+        s.tick(T0 + 120 * i)
+    assert "long" in s.tasks
+    feed(s, [ev("task-succeeded", T0 + 7200, uuid="long", runtime=7200.0)])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert counter(s, m.TASK_SUCCEEDED, "unknown", "unknown", W1) == 0
+
+
+def test_eta_task_stays_scheduled_past_the_ttl_while_its_worker_lives() -> None:
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    eta = iso(T0 + 7200)
+    feed(s, [ev("task-sent", T0, uuid="e", name="n", queue="q", retries=0, eta=eta),
+             ev("task-received", T0 + 0.1, uuid="e", name="n", retries=0, eta=eta)])
+    for i in range(1, 30):
+        s.ingest([ev("worker-heartbeat", T0 + 120 * i, freq=60.0)], T0 + 120 * i)
+        s.tick(T0 + 120 * i)
+    assert s.workers[W1].scheduled == 1
+    assert s.evicted["ttl"] == 0
+
+
+def test_evicted_task_is_still_counted_under_its_labels() -> None:
+    """A prefetched task past the TTL is evicted, but its labels are remembered."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("a", T0)[:2])
+    s.tick(T0 + 100)
+    assert s.evicted["ttl"] == 1
+    feed(s, [ev("task-revoked", T0 + 101, uuid="a", expired=True)])
+    assert counter(s, m.TASK_REVOKED, "app.add", "default", W1, "expired") == 1
+
+
+@pytest.mark.parametrize("runtime", [1.7e308, float("nan"), -1.0, 1e12])
+def test_runtime_outside_sane_bounds_is_counted_invalid_not_observed(runtime: float) -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0)[:3])
+    feed(s, [ev("task-succeeded", T0 + 1, uuid="a", runtime=runtime)])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert hist(s, m.RUNTIME, "app.add", "default") == (0, 0.0)
+    assert s.invalid["value_out_of_range"] == 1
+
+
+@pytest.mark.parametrize("ts", [1e300, T0 + 10 * 86400, float("inf"), float("nan")])
+def test_timestamps_far_from_the_receive_time_are_invalid(ts: float) -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0)[:1])
+    s.ingest([ev("task-started", ts, uuid="a")], T0 + 1)
+    assert s.invalid["timestamp_out_of_range"] == 1
+    assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (0, 0.0)
+    feed(s, [ev("task-started", T0 + 2, uuid="a")])
+    assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (1, pytest.approx(2.0))

@@ -10,7 +10,6 @@ worker registry, clocks, held observations, series) know nothing of each other's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from exporter import metrics as m
@@ -32,7 +31,15 @@ from exporter.state.tasks import (
 from exporter.state.workers import Worker, Workers
 
 _MAX_EVENT_TYPES = 64
-EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
+EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field",
+                 "timestamp_out_of_range", "value_out_of_range")
+TERMINAL = ("task-succeeded", "task-failed", "task-rejected", "task-revoked")
+_BIT = {kind: 1 << i for i, kind in enumerate(TERMINAL)}
+# Sender clocks may be off by hours; a timestamp further than this from the receive time
+# (or not finite) is garbage that would turn into 1e300-second waits and offsets.
+MAX_CLOCK_SKEW = 86_400.0
+# No task runs longer than a year: a runtime outside [0, this] would poison `_sum`.
+MAX_RUNTIME = 366 * 86_400.0
 
 
 class Seen:
@@ -66,6 +73,8 @@ class State:
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric))
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
+        # Terminal events seen again for a task already counted (re-sent after a reconnect).
+        self.duplicates: dict[str, int] = dict.fromkeys(TERMINAL, 0)
         self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
         self.clamped: dict[str, int] = {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
         self.queues_seen: dict[str, None] = {}
@@ -118,15 +127,16 @@ class State:
                 n = types.get(kind)  # type: ignore[arg-type]
             except TypeError:  # a list or object as the type: unhashable, hostile
                 n = None
-            if n is None:
-                if type(kind) is not str:
-                    self.invalid_event("missing_type")
-                    continue
-                n = 0
-                if len(types) >= _MAX_EVENT_TYPES or len(kind) > 64:
-                    kind = "other"
-                    n = types.get(kind, 0)
-            types[kind] = n + 1  # type: ignore[index]
+            if n is not None:
+                types[kind] = n + 1  # type: ignore[index]
+            elif type(kind) is not str:
+                self.invalid_event("missing_type")
+                continue
+            elif len(types) >= _MAX_EVENT_TYPES or len(kind) > 64:
+                # Only the counter's label is capped: the event itself is still handled.
+                types["other"] = types.get("other", 0) + 1
+            else:
+                types[kind] = 1
             handler = handlers.get(kind)  # type: ignore[arg-type]
             if handler is None:
                 continue
@@ -138,6 +148,10 @@ class State:
                     self.invalid_event("bad_timestamp")
                     ts = None
                     continue
+            if not now - MAX_CLOCK_SKEW <= ts <= now + MAX_CLOCK_SKEW:  # NaN fails too
+                self.invalid_event("timestamp_out_of_range")
+                ts = None
+                continue
             try:
                 handler(event, ts, now)
             except (TypeError, ValueError, AttributeError, KeyError, OverflowError):
@@ -149,14 +163,15 @@ class State:
     def tick(self, now: float) -> None:
         """Age workers (timeout, retention) and in-flight tasks (TTL); roll clock offsets."""
         self.registry.age(now, self.counters.values())
-        self.table.expire(now - self.config.task_ttl)
+        self.table.expire(now, self.config.task_ttl)
         self.pending.due(now)
         self.clocks.roll(now)
 
     # -- helpers --------------------------------------------------------------------------
 
     def _known(self, uuid: object) -> Task:
-        """The task for a terminal event: tracked, recently finished, or unknown."""
+        """The task for an event about a task that may have left the table: tracked,
+        recently finished or evicted (its labels remembered), or unknown."""
         task = self.tasks.get(uuid)  # type: ignore[arg-type]
         if task is not None:
             return task
@@ -166,8 +181,16 @@ class State:
         task = Task()
         remembered = self.finished.get(uuid)  # type: ignore[arg-type]
         if remembered is not None:
-            task.name, task.queue = remembered
+            task.name, task.queue = remembered.name, remembered.queue
         return task
+
+    def _terminal(self, uuid: object, kind: str) -> Task | None:
+        """The task a terminal event ends, or None if its end was counted already."""
+        if uuid not in self.tasks and uuid not in self.pending.held and \
+                self.table.ended(uuid, _BIT[kind]):
+            self.duplicates[kind] += 1
+            return None
+        return self._known(uuid)
 
     def _capture_name(self, task: Task, event: dict) -> None:
         if task.name is None:
@@ -208,6 +231,16 @@ class State:
             self.clamped[m.QUEUE_WAIT.key] += 1
             wait = 0.0
         self._qwait.observe(names, wait)
+
+    def _observe_runtime(self, at: Seen, runtime: object) -> None:
+        if type(runtime) is int:
+            runtime = float(runtime)
+        elif type(runtime) is not float:
+            raise TypeError("runtime")
+        if not 0.0 <= runtime <= MAX_RUNTIME:  # NaN fails too
+            self.invalid_event("value_out_of_range")
+            return
+        self._emit(at, self._runtime, value=runtime)
 
     def _new_attempt(self, task: Task, retries: object) -> None:
         if type(retries) is int and retries > task.retries:
@@ -294,6 +327,7 @@ class State:
         release(task)
         task.started = ts
         task.worker = worker
+        task.wgen = worker.gen
         at = Seen(uuid, task, e, worker, now)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
@@ -314,29 +348,33 @@ class State:
 
     def _on_succeeded(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._known(uuid)
+        task = self._terminal(uuid, "task-succeeded")
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        self.table.finish(uuid, task, True)
+        if task is None:
+            return
+        self.table.finish(uuid, task, _BIT["task-succeeded"])
         at = Seen(uuid, task, e, worker, now)
         self._emit(at, self._succeeded, (worker.label,))
         runtime = e.get("runtime")
         if runtime is None and task.started is not None:
             runtime = ts - task.started
-        if runtime is not None and runtime >= 0 and not math.isinf(runtime):
-            self._emit(at, self._runtime, value=float(runtime))
+        if runtime is not None:
+            self._observe_runtime(at, runtime)
 
     def _on_failed(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._known(uuid)
+        task = self._terminal(uuid, "task-failed")
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        self.table.finish(uuid, task, True)
+        if task is None:
+            return
+        self.table.finish(uuid, task, _BIT["task-failed"])
         exc = self.labels.cap(exception_class(e.get("exception")))
         at = Seen(uuid, task, e, worker, now)
         self._emit(at, self._failed, (worker.label, exc))
-        if task.started is not None and ts >= task.started:
-            self._emit(at, self._runtime, value=ts - task.started)
+        if task.started is not None:
+            self._observe_runtime(at, ts - task.started)
 
     def _on_retried(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
@@ -345,29 +383,39 @@ class State:
         task = self._task(uuid, now) if uuid in self.tasks else self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        release(task)
-        # The next attempt's task-sent may already have arrived and reset the attempt.
-        task.started = None
+        current = task.worker
+        if current is None or (current is worker and \
+                not (task.received is not None and ts < task.received) and \
+                not (task.started is not None and ts < task.started)):
+            # It ends the attempt in the table. Otherwise the next attempt already began
+            # (on another worker, or later on this one) and is none of this event's business.
+            release(task)
+            task.started = None
         self._emit(Seen(uuid, task, e, worker, now), self._retried, (worker.label,))
 
     def _on_rejected(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._known(uuid)
+        requeue = e.get("requeue") and uuid in self.tasks
+        task = self._known(uuid) if requeue else self._terminal(uuid, "task-rejected")
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        if e.get("requeue") and uuid in self.tasks:
+        if task is None:
+            return
+        if requeue:
             release(task)
             task.received = task.started = None
         else:
-            self.table.finish(uuid, task, True)
+            self.table.finish(uuid, task, _BIT["task-rejected"])
         self._emit(Seen(uuid, task, e, worker, now), self._rejected, (worker.label,))
 
     def _on_revoked(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._known(uuid)
+        task = self._terminal(uuid, "task-revoked")
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        self.table.finish(uuid, task, True)
+        if task is None:
+            return
+        self.table.finish(uuid, task, _BIT["task-revoked"])
         if e.get("expired"):
             reason = "expired"
         elif e.get("terminated"):

@@ -40,10 +40,12 @@ class Task:
 
 
 class Finished(NamedTuple):
-    """What is remembered of a task once it left the table: its labels."""
+    """What is remembered of a task once it left the table: its labels, and the terminal
+    event types counted for it (a bit each; 0 when evicted: it may still finish)."""
 
     name: str | None
     queue: str | None
+    ended: int
 
 
 def parse_eta(value: object) -> float | None:
@@ -98,31 +100,64 @@ class TaskTable:
             if len(uuid) > MAX_KEY:
                 raise ValueError("uuid too long")
             task = tasks[uuid] = Task()
+            if self.finished:
+                remembered = self.finished.get(uuid)
+                if remembered is not None:
+                    # Evicted or finished, and back: its labels are the ones it had.
+                    task.name, task.queue = remembered.name, remembered.queue
             if len(tasks) > self.max_tasks:
-                release(tasks.popitem(last=False)[1])
+                self._evict(*tasks.popitem(last=False))
                 self.evicted["capacity"] += 1
         else:
             tasks.move_to_end(uuid)
         task.touched = now
         return task
 
-    def finish(self, uuid: str, task: Task, remember: bool) -> None:
-        self.tasks.pop(uuid, None)
+    def finish(self, uuid: str, task: Task, ended: int) -> None:
+        """A terminal event (bit `ended`) was counted: out of the table, labels remembered."""
+        in_table = self.tasks.pop(uuid, None) is not None
         release(task)
-        if remember and (type(uuid) is not str or len(uuid) <= MAX_KEY):
+        remembered = None if in_table else self.finished.get(uuid)
+        # Reject(requeue=False) ends a task twice, task-failed then task-rejected: both count.
+        self._remember(uuid, task, ended | (remembered.ended if remembered else 0))
+
+    def ended(self, uuid: object, kind: int) -> bool:
+        """Whether this terminal event type was counted for the task already (and nothing
+        since brought it back): a second one is a re-sent duplicate."""
+        remembered = self.finished.get(uuid)  # type: ignore[arg-type]
+        return remembered is not None and bool(remembered.ended & kind)
+
+    def _remember(self, uuid: str, task: Task, ended: int) -> None:
+        if type(uuid) is not str or len(uuid) <= MAX_KEY:
             finished = self.finished
-            finished[uuid] = Finished(task.name, task.queue)
+            finished[uuid] = Finished(task.name, task.queue, ended)
+            finished.move_to_end(uuid)
             if len(finished) > FINISHED_CAP:
                 finished.popitem(last=False)
 
-    def expire(self, horizon: float) -> None:
-        """Drop tasks whose last event is older than `horizon`."""
+    def _evict(self, uuid: str, task: Task) -> None:
+        release(task)
+        # A task that outlived the table may still finish: count it under its labels then.
+        self._remember(uuid, task, 0)
+
+    def expire(self, now: float, ttl: float) -> None:
+        """Drop tasks without an event for `ttl`, except those a live worker still holds:
+        started (a long task) or scheduled (an ETA far out)."""
         tasks = self.tasks
-        # Tasks move to the end on every event, so the stalest sit at the front.
-        while tasks:
-            task = tasks[next(iter(tasks))]
+        horizon = now - ttl
+        # Tasks move to the end on every event, so the stalest sit at the front; kept ones
+        # go to the end too, so each task is looked at once per call.
+        for _ in range(len(tasks)):
+            uuid = next(iter(tasks))
+            task = tasks[uuid]
             if task.touched > horizon:
                 break
-            tasks.popitem(last=False)
-            release(task)
+            worker = task.worker
+            if worker is not None and worker.up and worker.gen == task.wgen and \
+                    (task.started is not None or task.buf == SCHEDULED):
+                task.touched = now
+                tasks.move_to_end(uuid)
+                continue
+            del tasks[uuid]
+            self._evict(uuid, task)
             self.evicted["ttl"] += 1
