@@ -137,9 +137,11 @@ def build(opts: Options) -> g.Dashboard:
         timeseries("Event lag", [
             (f"max({q.m(m.EVENT_LAG)})", "lag of last event"),
             (f"time() - max({q.m(m.LAST_EVENT)})", "since last event"),
+            (f"max by (host) ({q.m(m.CLOCK_OFFSET)})", "clock offset: {{host}}"),
         ], unit=SECONDS, w=6, thresholds=steps(("green", None), ("red", 30)),
             description="Receive time minus the sender's timestamp (includes clock offset "
-                        "between hosts), and time since any event arrived."),
+                        "between hosts), time since any event arrived, and each host's "
+                        "estimated offset (clock skew plus the fastest transit)."),
         timeseries("Exporter problems", [
             (f"sum by (reason) ({q.rate(q.m(m.EVENTS_INVALID))})", "invalid: {{reason}}"),
             (f"sum by (metric) ({q.rate(q.m(m.SERIES_DROPPED))})", "dropped: {{metric}}"),

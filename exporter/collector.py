@@ -99,8 +99,12 @@ class CeleryCollector:
     def collect(self) -> Iterator[Metric]:
         state = self.pipeline.state
         with self.pipeline.lock:
-            counters = [(s.metric, s.data.copy()) for s in state.counters.values()]
-            histograms = [(s.metric, s.bounds, s.data.copy()) for s in state.histograms.values()]
+            # Series no scrape has shown yet are shown at 0 this time (see state.series).
+            cutoff = state.stamp.mono - state.config.new_series_delay
+            counters = [(s.metric, s.data.copy(), s.take_fresh(cutoff), s.created)
+                        for s in state.counters.values()]
+            histograms = [(s.metric, s.bounds, s.data.copy(), s.take_fresh(cutoff), s.created)
+                          for s in state.histograms.values()]
             workers = [_WorkerRow(w.label if not self.drop_worker else w.hostname,
                                   w.hostname, w.up, w.active, w.prefetched, w.scheduled,
                                   w.last_seen, w.sw_ver, w.sw_ident, w.sw_sys, w.pool,
@@ -111,6 +115,7 @@ class CeleryCollector:
             duplicates = dict(state.duplicates)
             evicted = dict(state.evicted)
             clamped = dict(state.clamped)
+            offsets = state.clocks.estimates()
             dropped = state.series_dropped
             tracked = len(state.tasks)
             last_event, lag = state.last_event, state.lag
@@ -120,17 +125,19 @@ class CeleryCollector:
 
         # The task families hold up to max_series label sets each: they render their own
         # text (see `generate_text`) and build prometheus_client samples only when asked.
-        for metric, data in counters:
+        for metric, data, zero, created in counters:
             worker_pos = -1
             if self.drop_worker and "worker" in metric.labels:
                 worker_pos = metric.labels.index("worker")
             yield _TaskCounter(metric.family(self.prefix), metric.help, self._labels(metric),
-                               data, static, worker_pos, self._text.setdefault(metric.key, {}))
+                               data, static, worker_pos, self._text.setdefault(metric.key, {}),
+                               zero, created)
 
-        for metric, bounds, data in histograms:
+        for metric, bounds, data, zero, created in histograms:
             les = [*(self._go(b) for b in bounds), "+Inf"]
             yield _TaskHistogram(metric.full(self.prefix), metric.help, self._labels(metric),
-                                 data, static, les, self._text.setdefault(metric.key, {}))
+                                 data, static, les, self._text.setdefault(metric.key, {}),
+                                 zero, created)
 
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
@@ -164,6 +171,7 @@ class CeleryCollector:
         yield by(m.TASKS_EVICTED, evicted, counter=True)
         yield by(m.SERIES_DROPPED, self._full_names(dropped), counter=True)
         yield by(m.WAITS_CLAMPED, self._full_names(clamped), counter=True)
+        yield by(m.CLOCK_OFFSET, offsets)
         yield one(m.WORKERS_TASK_EVENTS_MISSING, 1.0 if missing else 0.0)
         yield from self._probe_status()
 
@@ -305,14 +313,21 @@ class _Lazy:
 
 
 class _TaskCounter(_Lazy, CounterMetricFamily):
+    """A task counter family. `created` maps a series key (the state's label tuple) to the
+    series' creation time (unix seconds), for OpenMetrics `_created`; read it with `.get`
+    (it is the state's live dict). Series in `zero` are shown at 0 this scrape."""
+
     def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], worker_pos: int, cache: dict) -> None:
+                 static: tuple[str, ...], worker_pos: int, cache: dict,
+                 zero: set | None = None, created: dict | None = None) -> None:
         self._rows = None
         CounterMetricFamily.__init__(self, name, documentation, labels=labels)
         self._labelnames = tuple(labels)
         self._static = static
         self._worker_pos = worker_pos
         self._cache = cache
+        self.zero = zero or set()
+        self.created = created if created is not None else {}
         self._rows = data
 
     def _values(self, key: tuple[str, ...]) -> tuple[str, ...]:
@@ -323,8 +338,9 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
 
     def _build(self, data: dict) -> None:  # type: ignore[override]
         add = super().add_metric
+        zero = self.zero
         for key, cell in data.items():
-            add(list(self._values(key)), cell[0])
+            add(list(self._values(key)), 0.0 if key in zero else cell[0])
 
     def render(self, out: list[str], go: dict[float, str]) -> None:
         data = self._rows
@@ -340,6 +356,7 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
         append = out.append
         cache = _trim(self._cache, data)
         room = _CACHE_KEYS - len(cache)
+        zero = self.zero
         for key, cell in data.items():
             prefix = cache.get(key)
             if prefix is None:
@@ -350,7 +367,7 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
                 if room > 0:
                     cache[key] = prefix
                     room -= 1
-            value = cell[0]
+            value = cell[0] if key not in zero else 0.0
             text = go.get(value)
             if text is None:
                 text = go[value] = floatToGoString(value)
@@ -358,20 +375,28 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
 
 
 class _TaskHistogram(_Lazy, HistogramMetricFamily):
+    """A task histogram family; `created` and `zero` as for _TaskCounter."""
+
     def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], les: list[str], cache: dict) -> None:
+                 static: tuple[str, ...], les: list[str], cache: dict,
+                 zero: set | None = None, created: dict | None = None) -> None:
         self._rows = None
         HistogramMetricFamily.__init__(self, name, documentation, labels=labels)
         self._labelnames = tuple(labels)
         self._static = static
         self._les = les
         self._cache = cache
+        self.zero = zero or set()
+        self.created = created if created is not None else {}
         self._rows = data
 
     def _build(self, data: dict) -> None:  # type: ignore[override]
         les, static = self._les, self._static
         add = super().add_metric
+        zero = self.zero
         for key, cell in data.items():
+            if key in zero:
+                cell = [0.0] * len(cell)
             running = 0.0
             buckets = []
             for le, count in zip(les, cell, strict=False):
@@ -395,7 +420,10 @@ class _TaskHistogram(_Lazy, HistogramMetricFamily):
         append = out.append
         cache = _trim(self._cache, data)
         room = _CACHE_KEYS - len(cache)
+        zero = self.zero
         for key, cell in data.items():
+            if zero and key in zero:
+                cell = [0.0] * len(cell)
             entry = cache.get(key)
             if entry is None:
                 vals = (*key, *static)

@@ -174,6 +174,10 @@ TASKS_EVICTED = Metric("exporter_tasks_evicted_total", "counter",
 SERIES_DROPPED = Metric("exporter_series_dropped_total", "counter",
                         "Observations dropped because the metric hit its series cap.",
                         ("metric",))
+CLOCK_OFFSET = Metric("exporter_clock_offset_seconds", "gauge",
+                      "Estimated receive time minus sender timestamp per host (clock offset "
+                      "plus the fastest transit), as used to correct cross-host waits.",
+                      ("host",))
 WAITS_CLAMPED = Metric("exporter_waits_clamped_total", "counter",
                        "Wait observations that came out negative (clock skew) and were "
                        "recorded as 0.", ("metric",))
@@ -192,7 +196,7 @@ ALL: tuple[Metric, ...] = (
     WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
     EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,
-    SERIES_DROPPED, WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS,
+    SERIES_DROPPED, WAITS_CLAMPED, CLOCK_OFFSET, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS,
     WORKERS_TASK_EVENTS_MISSING,
 )
 

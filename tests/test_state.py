@@ -28,7 +28,7 @@ def lifecycle(uuid: str, t: float, name: str = "app.add", queue: str = "default"
         ev("task-sent", t, uuid=uuid, name=name, queue=queue, retries=0, eta=None),
         ev("task-received", t + 0.1, uuid=uuid, name=name, retries=0, eta=None, hostname=worker),
         ev("task-started", t + 0.3, uuid=uuid, hostname=worker),
-        ev(outcome, t + 0.8, uuid=uuid, hostname=worker, **finish, **extra),
+        ev(outcome, t + 0.8, uuid=uuid, hostname=worker, **{**finish, **extra}),
     ]
 
 
@@ -367,6 +367,7 @@ def test_wait_that_stays_negative_after_offsets_is_clamped_at_zero_and_counted()
     worker starts 1 s after the real publish: corrected wait 1 - 2 = -1 s.
     """
     s = State()
+    s.ingest([ev("worker-heartbeat", T0 - 22, freq=2.0)], T0 - 12)
     s.ingest([ev("worker-heartbeat", T0 - 20, freq=2.0)], T0 - 10)
     s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0 + 2)
     s.ingest([ev("task-started", T0 - 9, uuid="a")], T0 + 2)
@@ -739,3 +740,48 @@ def test_timestamps_far_from_the_receive_time_are_invalid(ts: float) -> None:
     assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (0, 0.0)
     feed(s, [ev("task-started", T0 + 2, uuid="a")])
     assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (1, pytest.approx(2.0))
+
+
+def test_one_stepped_heartbeat_does_not_set_the_hosts_offset() -> None:
+    """An NTP step: one heartbeat stamped 30 s ahead, one stamped 4.5 s fast, among beats
+    from a worker whose clock is 5 s behind. Neither sets the offset, waits stay right."""
+    s = State()
+    for i in range(5):
+        s.ingest([ev("worker-heartbeat", T0 + i - 5.0, freq=2.0)], T0 + i)
+    s.ingest([ev("worker-heartbeat", T0 + 5 + 30.0, freq=2.0)], T0 + 5)
+    s.ingest([ev("worker-heartbeat", T0 + 6 - 0.5, freq=2.0)], T0 + 6)
+    feed(s, [ev("task-sent", T0 + 7, uuid="a", name="n", queue="q", retries=0, eta=None)])
+    s.ingest([ev("task-started", T0 + 3, uuid="a")], T0 + 8)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, pytest.approx(1.0))
+    assert s.clamped[m.QUEUE_WAIT.key] == 0
+    assert s.clocks.estimates()["w1"] == pytest.approx(5.0)
+
+
+def test_series_remember_when_they_were_created() -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0 + 5, outcome="task-failed"))
+    key = ("app.add", "default", W1, "ValueError")
+    assert s.counters[m.TASK_FAILED.key].created[key] == T0 + 5 + 0.8
+    feed(s, lifecycle("b", T0 + 50, outcome="task-failed"))
+    assert s.counters[m.TASK_FAILED.key].created[key] == T0 + 5 + 0.8
+
+
+def test_a_wall_clock_step_does_not_mark_workers_down() -> None:
+    """Liveness is judged on the monotonic clock: the wall clock jumping 10 s forward
+    (a VM resumed, an NTP step) is no silence. Driven through the pipeline, which reads
+    the monotonic clock itself while consumers pass the wall clock."""
+    import json
+    import time
+
+    from exporter.pipeline import TICK_SECONDS, Pipeline
+
+    state = State()
+    pipeline = Pipeline(state)
+    t = time.time()
+    beat = {"type": "worker-heartbeat", "hostname": W1, "timestamp": t, "freq": 2.0}
+    pipeline.body(json.dumps(beat), "application/json", t)
+    time.sleep(TICK_SECONDS + 0.1)  # the next tick is due on the monotonic clock
+    pipeline.idle(t + 10.0)
+    assert state.workers[W1].up
+    assert state.workers[W1].last_seen == t, "the exported timestamp stays wall clock"

@@ -1,24 +1,43 @@
-"""Per-host clock offsets: min(receive time - sender timestamp) over a rolling window.
+"""Per-host clock offsets: a robust minimum of (receive time - sender timestamp).
 
 Waits that cross hosts (published on a producer, started on a worker) are corrected with
 the sender's offset; waits measured on one worker use that worker's clock alone.
+
+The offset is the smallest delay seen, the transit of the fastest message, but not the
+very smallest: one sample alone (a clock stepped by NTP, a heartbeat stamped before a
+step) cannot set it; it takes the second smallest, over the current window and the one
+before. Samples stamped in the future beyond FUTURE_TOLERANCE are not used at all: a
+sender ahead of the receiver means a clock being stepped, not a transit.
 """
 
 from __future__ import annotations
 
+import math
+
+from exporter.labels import Labeler
 from exporter.state.config import MAX_KEY
 
 OFFSET_WINDOW_SECONDS = 300.0
-_MAX_OFFSET_HOSTS = 10_000
+FUTURE_TOLERANCE = 1.0
 _MAX_HOST_CACHE = 50_000
+_INF = math.inf
+
+
+def _estimate(cell: list[float]) -> float:
+    """The second smallest delay, or the only one."""
+    return cell[1] if cell[1] != _INF else cell[0]
 
 
 class Clocks:
-    def __init__(self) -> None:
-        # host -> min(receive - timestamp): current window and the one before it.
-        self.offsets: dict[str, float] = {}
-        self.offsets_prev: dict[str, float] = {}
-        self.rolled = 0.0
+    def __init__(self, labels: Labeler, max_hosts: int = 10_000) -> None:
+        self.labels = labels
+        self.max_hosts = max_hosts
+        # host -> [smallest, second smallest] of receive - timestamp: current window and
+        # the one before it.
+        self.offsets: dict[str, list[float]] = {}
+        self.offsets_prev: dict[str, list[float]] = {}
+        self.rolled = 0.0  # monotonic
+        self.rejected = 0
         self._hosts: dict[str, str] = {}
 
     def host(self, hostname: str) -> str:
@@ -36,18 +55,41 @@ class Clocks:
         """Record one sample and return the host's offset to add to its timestamps."""
         host = self.host(hostname)
         delta = now - ts
-        offsets = self.offsets
-        cur = offsets.get(host)
-        if cur is None:
+        cell = self.offsets.get(host)
+        if delta < -FUTURE_TOLERANCE:
+            self.rejected += 1
+            cur = _INF if cell is None else _estimate(cell)
+        elif cell is None:
             cur = delta
-            if len(offsets) < _MAX_OFFSET_HOSTS:
-                offsets[host] = delta
-        elif delta < cur:
-            offsets[host] = cur = delta
+            if len(self.offsets) < self.max_hosts:
+                self.offsets[host] = [delta, _INF]
+        else:
+            if delta < cell[0]:
+                cell[1] = cell[0]
+                cell[0] = delta
+            elif delta < cell[1]:
+                cell[1] = delta
+            cur = _estimate(cell)
         prev = self.offsets_prev.get(host)
-        return cur if prev is None or cur < prev else prev
+        if prev is not None:
+            before = _estimate(prev)
+            if before < cur:
+                return before
+        return 0.0 if cur == _INF else cur
 
-    def roll(self, now: float) -> None:
-        if now - self.rolled >= OFFSET_WINDOW_SECONDS:
+    def roll(self, mono: float) -> None:
+        if mono - self.rolled >= OFFSET_WINDOW_SECONDS:
             self.offsets_prev, self.offsets = self.offsets, {}
-            self.rolled = now
+            self.rolled = mono
+
+    def estimates(self) -> dict[str, float]:
+        """host label (capped) -> offset in use, for the hosts heard from lately."""
+        out: dict[str, float] = {}
+        cap = self.labels.cap
+        for window in (self.offsets_prev, self.offsets):
+            for host, cell in window.items():
+                label = cap(host)
+                value = _estimate(cell)
+                if label not in out or value < out[label]:
+                    out[label] = value
+        return out

@@ -21,6 +21,9 @@ class StateConfig:
     max_series: int = 10_000
     labels: LabelPolicy = field(default_factory=LabelPolicy)
     buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # A new task series is exposed at 0 until a scrape has shown it so and for at least
+    # this long (seconds): 0 suits one Prometheus; an HA pair wants its scrape interval.
+    new_series_delay: float = 0.0
 
     def buckets_for(self, metric: m.Metric) -> tuple[float, ...]:
         return self.buckets.get(metric.key) or metric.buckets or ()

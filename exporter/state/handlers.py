@@ -1,8 +1,13 @@
 """Pure aggregates from Celery events: no I/O, no clock reads, no threads.
 
-`State.ingest(events, now)` applies a batch of decoded events received at `now` (the
-exporter's clock); `State.tick(now)` ages workers and in-flight tasks. Given the same
-events and times it always produces the same numbers, which is how the tests drive it.
+`State.ingest(events, now, mono)` applies a batch of decoded events received at `now` (the
+exporter's wall clock) and `mono` (its monotonic clock); `State.tick(now, mono)` ages
+workers and in-flight tasks. Given the same events and times it always produces the same
+numbers, which is how the tests drive it (they pass `now` alone: mono defaults to it).
+
+Clocks: only event timestamps are compared with the wall clock (offsets, lag, `_created`);
+every age (liveness, TTL, grace periods, offset windows) is measured on `mono`, so a wall
+clock step does not mark workers down or expire tasks.
 
 This is the one module that knows every event type; the rooms it drives (task table,
 worker registry, clocks, held observations, series) know nothing of each other's events.
@@ -18,7 +23,7 @@ from exporter.labels import UNKNOWN, Labeler, exception_class
 from exporter.state.clocks import Clocks
 from exporter.state.config import MAX_KEY, StateConfig
 from exporter.state.pending import Op, Pending
-from exporter.state.series import Series
+from exporter.state.series import Series, Stamp
 from exporter.state.tasks import (
     PREFETCHED,
     SCHEDULED,
@@ -43,25 +48,25 @@ MAX_RUNTIME = 366 * 86_400.0
 
 
 class Seen:
-    """One task event on its way to the series: which task, from which worker, when."""
+    """One task event on its way to the series: which task, from which worker."""
 
-    __slots__ = ("event", "now", "task", "uuid", "worker")
+    __slots__ = ("event", "task", "uuid", "worker")
 
-    def __init__(self, uuid: str, task: Task, event: dict, worker: Worker, now: float) -> None:
+    def __init__(self, uuid: str, task: Task, event: dict, worker: Worker) -> None:
         self.uuid = uuid
         self.task = task
         self.event = event
         self.worker = worker
-        self.now = now
 
 
 class State:
     def __init__(self, config: StateConfig | None = None) -> None:
         self.config = cfg = config or StateConfig()
         self.labels = Labeler(cfg.labels)
-        self.table = TaskTable(cfg.max_tasks)
-        self.registry = Workers(cfg, self.labels)
-        self.clocks = Clocks()
+        self.stamp = stamp = Stamp()
+        self.table = TaskTable(cfg.max_tasks, stamp)
+        self.registry = Workers(cfg, self.labels, stamp)
+        self.clocks = Clocks(self.labels, cfg.max_series)
         self.pending = Pending(self.labels, cfg.max_tasks)
         # The read side (collector, checks, tests) reads these by their old names.
         self.tasks = self.table.tasks
@@ -69,8 +74,9 @@ class State:
         self.evicted = self.table.evicted
         self.workers = self.registry.workers
         limit = cfg.max_series
-        self.counters = {metric.key: Series(metric, limit) for metric in m.TASK_COUNTERS}
-        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric))
+        self.counters = {metric.key: Series(metric, limit, (), stamp)
+                         for metric in m.TASK_COUNTERS}
+        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
         # Terminal events seen again for a task already counted (re-sent after a reconnect).
@@ -113,8 +119,11 @@ class State:
     def invalid_event(self, reason: str, count: int = 1) -> None:
         self.invalid[reason] = self.invalid.get(reason, 0) + count
 
-    def ingest(self, events: Iterable[object], now: float) -> None:
+    def ingest(self, events: Iterable[object], now: float, mono: float | None = None) -> None:
         """Apply events received together at `now` (one broker message, possibly a batch)."""
+        stamp = self.stamp
+        stamp.wall = now
+        stamp.mono = now if mono is None else mono
         handlers = self._handlers
         types = self.event_types
         ts = None
@@ -160,12 +169,15 @@ class State:
         if ts is not None:
             self.lag = now - ts
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, mono: float | None = None) -> None:
         """Age workers (timeout, retention) and in-flight tasks (TTL); roll clock offsets."""
-        self.registry.age(now, self.counters.values())
-        self.table.expire(now, self.config.task_ttl)
-        self.pending.due(now)
-        self.clocks.roll(now)
+        stamp = self.stamp
+        stamp.wall = now
+        stamp.mono = mono = now if mono is None else mono
+        self.registry.age(mono, self.counters.values())
+        self.table.expire(mono, self.config.task_ttl)
+        self.pending.due(mono)
+        self.clocks.roll(mono)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -211,9 +223,10 @@ class State:
         """Count (value None) or observe under the task's labels, or hold the update until
         task-sent names the queue (see `pending`)."""
         task = at.task
-        if task.queue is None and self.pending.wants(at.uuid, task, at.worker, at.now):
+        if task.queue is None and \
+                self.pending.wants(at.uuid, task, at.worker, self.stamp.mono):
             self._capture_name(task, at.event)
-            self.pending.hold(at.uuid, task, Op(series, tail, value), at.now)
+            self.pending.hold(at.uuid, task, Op(series, tail, value), self.stamp.mono)
             return
         names = self._names(task, at.event, at.worker)
         if names is None:
@@ -253,11 +266,11 @@ class State:
     # -- task events ---------------------------------------------------------------------
 
     def _on_sent(self, e: dict, ts: float, now: float) -> None:
-        self.pending.sent_seen = now
+        self.pending.sent_seen = self.stamp.mono
         uuid = e["uuid"]
         held = self.pending.held.get(uuid)
         if uuid in self.tasks or (held is None and uuid not in self.finished):
-            task = self._task(uuid, now)
+            task = self._task(uuid)
         elif held is not None:
             # Finished before its task-sent arrived: label it, but do not track it again.
             task = held.task
@@ -302,7 +315,7 @@ class State:
 
     def _on_received(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._task(uuid, now)
+        task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         self._new_attempt(task, e.get("retries"))
@@ -317,18 +330,18 @@ class State:
         else:
             task.buf = PREFETCHED
             worker.prefetched += 1
-        self._emit(Seen(uuid, task, e, worker, now), self._received, (worker.label,))
+        self._emit(Seen(uuid, task, e, worker), self._received, (worker.label,))
 
     def _on_started(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
-        task = self._task(uuid, now)
+        task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         release(task)
         task.started = ts
         task.worker = worker
         task.wgen = worker.gen
-        at = Seen(uuid, task, e, worker, now)
+        at = Seen(uuid, task, e, worker)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
         if task.sent is not None:
@@ -354,7 +367,7 @@ class State:
         if task is None:
             return
         self.table.finish(uuid, task, _BIT["task-succeeded"])
-        at = Seen(uuid, task, e, worker, now)
+        at = Seen(uuid, task, e, worker)
         self._emit(at, self._succeeded, (worker.label,))
         runtime = e.get("runtime")
         if runtime is None and task.started is not None:
@@ -371,7 +384,7 @@ class State:
             return
         self.table.finish(uuid, task, _BIT["task-failed"])
         exc = self.labels.cap(exception_class(e.get("exception")))
-        at = Seen(uuid, task, e, worker, now)
+        at = Seen(uuid, task, e, worker)
         self._emit(at, self._failed, (worker.label, exc))
         if task.started is not None:
             self._observe_runtime(at, ts - task.started)
@@ -380,7 +393,7 @@ class State:
         uuid = e["uuid"]
         # With a zero countdown the next attempt can finish before this event is sent: then
         # count it under the remembered name rather than resurrect the finished task.
-        task = self._task(uuid, now) if uuid in self.tasks else self._known(uuid)
+        task = self._task(uuid) if uuid in self.tasks else self._known(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         current = task.worker
@@ -391,7 +404,7 @@ class State:
             # (on another worker, or later on this one) and is none of this event's business.
             release(task)
             task.started = None
-        self._emit(Seen(uuid, task, e, worker, now), self._retried, (worker.label,))
+        self._emit(Seen(uuid, task, e, worker), self._retried, (worker.label,))
 
     def _on_rejected(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
@@ -406,7 +419,7 @@ class State:
             task.received = task.started = None
         else:
             self.table.finish(uuid, task, _BIT["task-rejected"])
-        self._emit(Seen(uuid, task, e, worker, now), self._rejected, (worker.label,))
+        self._emit(Seen(uuid, task, e, worker), self._rejected, (worker.label,))
 
     def _on_revoked(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
@@ -422,7 +435,7 @@ class State:
             reason = "terminated"
         else:
             reason = "revoked"
-        self._emit(Seen(uuid, task, e, worker, now), self._revoked, (worker.label, reason))
+        self._emit(Seen(uuid, task, e, worker), self._revoked, (worker.label, reason))
 
     def _on_cancelled(self, e: dict, ts: float, now: float) -> None:
         task = self.tasks.get(e["uuid"])
@@ -436,6 +449,7 @@ class State:
 
     def _update_worker(self, worker: Worker, e: dict, ts: float, now: float) -> None:
         worker.last_seen = now
+        worker.seen = self.stamp.mono
         freq = e.get("freq")
         if type(freq) in (int, float) and freq > 0:
             worker.freq = float(freq)
@@ -476,7 +490,7 @@ class State:
     def _on_worker_offline(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
         self._update_worker(worker, e, ts, now)
-        self.registry.down(worker, now)
+        self.registry.down(worker)
         worker.said_goodbye = True
 
     # -- read side ------------------------------------------------------------------------

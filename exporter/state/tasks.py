@@ -10,6 +10,7 @@ from exporter.labels import UNKNOWN
 from exporter.state.config import MAX_KEY
 
 if TYPE_CHECKING:
+    from exporter.state.series import Stamp
     from exporter.state.workers import Worker
 
 # Where a task sits in a worker's buffer (received, not started).
@@ -32,7 +33,7 @@ class Task:
         self.worker: Worker | None = None
         self.wgen = 0
         self.buf = NONE
-        self.touched = 0.0
+        self.touched = 0.0  # monotonic
         # Observations held until task-sent names the queue, and the start time (exporter
         # clock) kept for a task-sent that arrives after task-started.
         self.pending: list | None = None
@@ -84,13 +85,14 @@ def release(task: Task) -> None:
 
 
 class TaskTable:
-    def __init__(self, max_tasks: int) -> None:
+    def __init__(self, max_tasks: int, stamp: Stamp) -> None:
         self.max_tasks = max_tasks
+        self.stamp = stamp
         self.tasks: OrderedDict[str, Task] = OrderedDict()
         self.finished: OrderedDict[str, Finished] = OrderedDict()
         self.evicted: dict[str, int] = {"capacity": 0, "ttl": 0}
 
-    def task(self, uuid: str, now: float) -> Task:
+    def task(self, uuid: str) -> Task:
         """The tracked task for `uuid`, created if new; moved to the fresh end."""
         tasks = self.tasks
         task = tasks.get(uuid)
@@ -110,7 +112,7 @@ class TaskTable:
                 self.evicted["capacity"] += 1
         else:
             tasks.move_to_end(uuid)
-        task.touched = now
+        task.touched = self.stamp.mono
         return task
 
     def finish(self, uuid: str, task: Task, ended: int) -> None:

@@ -7,14 +7,14 @@ from typing import Protocol
 
 from exporter.labels import Labeler
 from exporter.state.config import MAX_KEY, StateConfig
-from exporter.state.series import Series
+from exporter.state.series import Series, Stamp
 
 
 class Worker:
     __slots__ = ("active", "down_since", "events_missing", "freq", "gen", "hostname", "label",
                  "last_processed", "last_seen", "pool", "prefetch_limit", "prefetched",
-                 "queues", "said_goodbye", "scheduled", "silent_beats", "sw_ident", "sw_sys",
-                 "sw_ver", "task_events", "up")
+                 "queues", "said_goodbye", "scheduled", "seen", "silent_beats", "sw_ident",
+                 "sw_sys", "sw_ver", "task_events", "up")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -22,8 +22,9 @@ class Worker:
         self.up = True
         # Down after worker-offline (a deploy, a scale-in) rather than silence (a crash).
         self.said_goodbye = False
-        self.last_seen = 0.0
-        self.down_since = 0.0
+        self.last_seen = 0.0  # wall clock: exported as the last heartbeat timestamp
+        self.seen = 0.0  # monotonic: what liveness is judged on
+        self.down_since = 0.0  # monotonic
         self.freq = 2.0
         self.active: int | None = None
         self.prefetched = 0
@@ -45,9 +46,10 @@ class Worker:
 
 
 class Workers:
-    def __init__(self, config: StateConfig, labels: Labeler) -> None:
+    def __init__(self, config: StateConfig, labels: Labeler, stamp: Stamp) -> None:
         self.config = config
         self.labels = labels
+        self.stamp = stamp
         self.workers: dict[str, Worker] = {}
         self.dropped = 0
 
@@ -69,23 +71,24 @@ class Workers:
             worker.up = True
             worker.said_goodbye = False
         worker.last_seen = now
+        worker.seen = self.stamp.mono
         return worker
 
-    def down(self, worker: Worker, now: float) -> None:
+    def down(self, worker: Worker) -> None:
         worker.up = False
-        worker.down_since = now
+        worker.down_since = self.stamp.mono
         worker.active = 0
         worker.drop_buffers()
 
-    def age(self, now: float, counters: Iterable[Series]) -> None:
+    def age(self, mono: float, counters: Iterable[Series]) -> None:
         """Silent nodes go down; nodes down for the retention go, with their series."""
         cfg = self.config
         for worker in list(self.workers.values()):
             if worker.up:
                 timeout = cfg.worker_timeout or worker.freq * 2.0
-                if now > worker.last_seen + timeout:
-                    self.down(worker, now)
-            elif now >= worker.down_since + cfg.worker_down_retention:
+                if mono > worker.seen + timeout:
+                    self.down(worker)
+            elif mono >= worker.down_since + cfg.worker_down_retention:
                 self.remove(worker, counters)
 
     def remove(self, worker: Worker, counters: Iterable[Series]) -> None:
