@@ -86,6 +86,8 @@ class Pipeline:
     def _tick(self, now: float, mono: float) -> None:
         self._next_tick = mono + TICK_SECONDS
         self.state.tick(now, mono)
+        if self.state.reconciled:
+            self._log_reconciled()
         missing = self.state.task_events_missing
         if missing != self._missing_logged:
             self._missing_logged = missing
@@ -94,6 +96,20 @@ class Pipeline:
                             "them with -E, set worker_send_task_events=True, or run "
                             "`celery control enable_events`")
 
+    def _log_reconciled(self) -> None:
+        for r in self.state.reconciled:
+            if r.restarted:
+                log.warning("worker %s restarted unseen (its 'processed' count went back): "
+                            "reset its buffers (%d prefetched, %d scheduled)", r.worker,
+                            r.prefetched, r.scheduled)
+            elif r.prefetched or r.scheduled:
+                log.warning("after the broker gap, worker %s: reset %d prefetched task(s) "
+                            "received before it (their start or end may have been lost)",
+                            r.worker, r.prefetched)
+            else:
+                log.info("after the broker gap, worker %s: buffers consistent", r.worker)
+        self.state.reconciled.clear()
+
     def set_connected(self, connected: bool, now: float) -> None:
         with self.lock:
             if connected and not self.connected:
@@ -101,8 +117,10 @@ class Pipeline:
                     log.warning("broker connection back after %.1fs; events published in "
                                 "the gap were not seen", now - self.disconnected_since)
                 # Heartbeats could not arrive while we were away: do not call workers dead
-                # for our own outage.
+                # for our own outage. Task events were lost too: reconcile the buffers.
                 mono = time.monotonic()
+                if self.disconnected_since is not None:
+                    self.state.broker_gap(mono)
                 for worker in self.state.workers.values():
                     if worker.up:
                         worker.last_seen = max(worker.last_seen, now)

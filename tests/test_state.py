@@ -785,3 +785,83 @@ def test_a_wall_clock_step_does_not_mark_workers_down() -> None:
     pipeline.idle(t + 10.0)
     assert state.workers[W1].up
     assert state.workers[W1].last_seen == t, "the exported timestamp stays wall clock"
+
+
+def test_after_a_broker_gap_the_next_heartbeat_resets_phantom_prefetched_tasks() -> None:
+    """Tasks received before a disconnect that started or finished during it would sit in
+    the prefetch gauge until the TTL (issue 10, point 5)."""
+    s = State()
+    online(s)
+    feed(s, [ev("task-received", T0 + i, uuid=f"u{i}", name="n", retries=0, eta=None)
+             for i in range(3)])
+    assert s.workers[W1].prefetched == 3
+    s.broker_gap(T0 + 5)  # the pipeline: the connection came back after a gap
+    # Events published meanwhile were lost: u0 and u1 ran. A task received after the
+    # reconnect is no phantom.
+    feed(s, [ev("task-received", T0 + 20, uuid="fresh", name="n", retries=0, eta=None)])
+    assert s.workers[W1].prefetched == 4, "nothing is reset before the worker speaks"
+    feed(s, [ev("worker-heartbeat", T0 + 21, freq=2.0, active=1, processed=2)])
+    assert s.workers[W1].prefetched == 1
+    assert [(r.worker, r.prefetched, r.scheduled) for r in s.reconciled] == [(W1, 3, 0)]
+    feed(s, [ev("worker-heartbeat", T0 + 23, freq=2.0, active=1, processed=2)])
+    assert len(s.reconciled) == 1, "once per gap"
+    feed(s, [ev("task-started", T0 + 24, uuid="u2"), ev("task-started", T0 + 24, uuid="fresh")])
+    assert s.workers[W1].prefetched == 0, "a reset task that starts is not taken twice"
+
+
+def test_worker_restarted_unseen_drops_its_buffers() -> None:
+    """A worker-online lost (in a gap) shows as 'processed' going backwards."""
+    s = State()
+    online(s)
+    feed(s, [ev("worker-heartbeat", T0, freq=2.0, active=0, processed=40)])
+    eta = iso(T0 + 600)
+    feed(s, [ev("task-received", T0 + 1, uuid="e", name="n", retries=0, eta=eta),
+             ev("task-received", T0 + 1, uuid="p", name="n", retries=0, eta=None)])
+    feed(s, [ev("worker-heartbeat", T0 + 30, freq=2.0, active=0, processed=0)])
+    assert (s.workers[W1].prefetched, s.workers[W1].scheduled) == (0, 0)
+    assert [(r.worker, r.restarted) for r in s.reconciled] == [(W1, True)]
+
+
+def test_started_task_is_evicted_once_its_worker_reports_nothing_active() -> None:
+    """A started task protected from the TTL still goes when its end was lost: the
+    worker's heartbeat says it runs nothing."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("lost", T0)[:3])
+    s.ingest([ev("worker-heartbeat", T0 + 100, freq=2.0, active=1)], T0 + 100)
+    s.tick(T0 + 100)
+    assert "lost" in s.tasks
+    s.ingest([ev("worker-heartbeat", T0 + 200, freq=2.0, active=0)], T0 + 200)
+    s.tick(T0 + 200)
+    assert "lost" not in s.tasks
+
+
+def test_the_pipeline_reconciles_after_a_reconnect_and_says_what_it_reset(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+    import time
+
+    from exporter.pipeline import TICK_SECONDS, Pipeline
+
+    state = State()
+    pipeline = Pipeline(state)
+    t = time.time()
+
+    def send(kind: str, **fields: object) -> None:
+        event = {"type": kind, "hostname": W1, "timestamp": time.time(), **fields}
+        pipeline.body(json.dumps(event), "application/json", time.time())
+
+    pipeline.set_connected(True, t)
+    send("worker-online", freq=2.0)
+    send("task-received", uuid="a", name="n", retries=0, eta=None)
+    send("task-received", uuid="b", name="n", retries=0, eta=None)
+    pipeline.set_connected(False, t + 1)
+    pipeline.set_connected(True, t + 2)
+    send("worker-heartbeat", freq=2.0, active=0, processed=2)
+    assert state.workers[W1].prefetched == 0
+    time.sleep(TICK_SECONDS + 0.1)  # the next tick, which logs, is due
+    with caplog.at_level(logging.WARNING, logger="exporter.pipeline"):
+        pipeline.idle(time.time())
+    assert f"worker {W1}: reset 2 prefetched" in caplog.text
+    assert not state.reconciled

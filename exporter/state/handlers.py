@@ -16,6 +16,7 @@ worker registry, clocks, held observations, series) know nothing of each other's
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from exporter import metrics as m
 from exporter.decode import REASONS
@@ -45,6 +46,18 @@ _BIT = {kind: 1 << i for i, kind in enumerate(TERMINAL)}
 MAX_CLOCK_SKEW = 86_400.0
 # No task runs longer than a year: a runtime outside [0, this] would poison `_sum`.
 MAX_RUNTIME = 366 * 86_400.0
+
+
+class Reconciled(NamedTuple):
+    """What the first full heartbeat after a broker gap (or an unseen restart) reset."""
+
+    worker: str
+    prefetched: int
+    scheduled: int
+    restarted: bool
+
+
+_MAX_RECONCILED = 1000
 
 
 class Seen:
@@ -87,6 +100,8 @@ class State:
         self.last_event = 0.0
         self.lag = 0.0
         self.task_events_total = 0
+        # Reconciliations not yet logged by the pipeline (which clears the list).
+        self.reconciled: list[Reconciled] = []
 
         self._task = self.table.task
         self._worker = self.registry.get
@@ -168,6 +183,13 @@ class State:
         self.last_event = now
         if ts is not None:
             self.lag = now - ts
+
+    def broker_gap(self, mono: float) -> None:
+        """Our broker connection came back at `mono` (monotonic) after a gap: events were
+        lost, so each live worker's buffers are reconciled at its next full heartbeat."""
+        for worker in self.workers.values():
+            if worker.up:
+                worker.gap_before = mono
 
     def tick(self, now: float, mono: float | None = None) -> None:
         """Age workers (timeout, retention) and in-flight tasks (TTL); roll clock offsets."""
@@ -463,6 +485,7 @@ class State:
         worker = self._worker(e["hostname"], now)
         # A restarted node starts with empty buffers and a fresh 'processed' count.
         worker.drop_buffers()
+        worker.gap_before = None
         worker.active = None
         worker.last_processed = None
         worker.silent_beats = 0
@@ -479,6 +502,16 @@ class State:
         # The wake-up heartbeat carries no active/processed: it says nothing about load.
         if type(processed) is int:
             last = worker.last_processed
+            if last is not None and processed < last:
+                # Restarted without a worker-online reaching us: its buffers went back to
+                # the broker with the old process.
+                self._reconciled(worker, worker.prefetched, worker.scheduled, True)
+                worker.drop_buffers()
+                worker.gap_before = None
+            elif worker.gap_before is not None:
+                reset = self.table.reset_prefetched(worker, worker.gap_before)
+                worker.gap_before = None
+                self._reconciled(worker, reset, 0, False)
             if last is not None and processed > last and worker.task_events == 0:
                 worker.silent_beats += 1
             elif worker.task_events:
@@ -486,6 +519,11 @@ class State:
             worker.events_missing = worker.silent_beats >= 2
             worker.last_processed = processed
             worker.task_events = 0
+
+    def _reconciled(self, worker: Worker, prefetched: int, scheduled: int,
+                    restarted: bool) -> None:
+        if len(self.reconciled) < _MAX_RECONCILED:
+            self.reconciled.append(Reconciled(worker.hostname, prefetched, scheduled, restarted))
 
     def _on_worker_offline(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)

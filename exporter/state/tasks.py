@@ -142,6 +142,18 @@ class TaskTable:
         # A task that outlived the table may still finish: count it under its labels then.
         self._remember(uuid, task, 0)
 
+    def reset_prefetched(self, worker: Worker, before: float) -> int:
+        """Take out of `worker`'s prefetch gauge the tasks it received before `before`
+        (monotonic) and nothing since: after a broker gap they may have started or
+        finished unseen. One still waiting is under-counted until it starts, seconds
+        later, rather than a phantom counted until the TTL."""
+        reset = 0
+        for task in self.tasks.values():
+            if task.buf == PREFETCHED and task.worker is worker and task.touched <= before:
+                release(task)
+                reset += 1
+        return reset
+
     def expire(self, now: float, ttl: float) -> None:
         """Drop tasks without an event for `ttl`, except those a live worker still holds:
         started (a long task) or scheduled (an ETA far out)."""
@@ -155,8 +167,11 @@ class TaskTable:
             if task.touched > horizon:
                 break
             worker = task.worker
+            # Started counts while the worker says it runs something: a started task whose
+            # end was lost (a broker gap) goes once the worker reports nothing active.
             if worker is not None and worker.up and worker.gen == task.wgen and \
-                    (task.started is not None or task.buf == SCHEDULED):
+                    ((task.started is not None and worker.active != 0) or
+                     task.buf == SCHEDULED):
                 task.touched = now
                 tasks.move_to_end(uuid)
                 continue

@@ -11,7 +11,8 @@ from exporter.state.series import Series, Stamp
 
 
 class Worker:
-    __slots__ = ("active", "down_since", "events_missing", "freq", "gen", "hostname", "label",
+    __slots__ = ("active", "down_since", "events_missing", "freq", "gap_before", "gen",
+                 "hostname", "label",
                  "last_processed", "last_seen", "pool", "prefetch_limit", "prefetched",
                  "queues", "said_goodbye", "scheduled", "seen", "silent_beats", "sw_ident",
                  "sw_sys", "sw_ver", "task_events", "up")
@@ -38,6 +39,9 @@ class Worker:
         self.last_processed: int | None = None
         self.silent_beats = 0
         self.events_missing = False
+        # Set when our broker connection came back (monotonic time of the reconnect): the
+        # next full heartbeat reconciles what we think the worker buffers.
+        self.gap_before: float | None = None
 
     def drop_buffers(self) -> None:
         """Buffered messages go back to the broker when a worker goes away."""
