@@ -53,7 +53,7 @@ class Clocks:
 
     def observe(self, hostname: str, ts: float, now: float) -> float:
         """Record one sample and return the host's offset to add to its timestamps."""
-        host = self.host(hostname)
+        host = self._hosts.get(hostname) or self.host(hostname)
         delta = now - ts
         cell = self.offsets.get(host)
         if delta < -FUTURE_TOLERANCE:
@@ -64,18 +64,21 @@ class Clocks:
             if len(self.offsets) < self.max_hosts:
                 self.offsets[host] = [delta, _INF]
         else:
-            if delta < cell[0]:
-                cell[1] = cell[0]
-                cell[0] = delta
-            elif delta < cell[1]:
-                cell[1] = delta
-            cur = _estimate(cell)
+            # Inline _estimate: this runs for most events.
+            low, second = cell
+            if delta < low:
+                cell[0], cell[1] = delta, low
+                cur = low
+            else:
+                if delta < second:
+                    cell[1] = second = delta
+                cur = second if second != _INF else low
         prev = self.offsets_prev.get(host)
         if prev is not None:
-            before = _estimate(prev)
+            before = prev[1] if prev[1] != _INF else prev[0]
             if before < cur:
                 return before
-        return 0.0 if cur == _INF else cur
+        return cur if cur != _INF else 0.0
 
     def roll(self, mono: float) -> None:
         if mono - self.rolled >= OFFSET_WINDOW_SECONDS:

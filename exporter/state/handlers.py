@@ -142,6 +142,7 @@ class State:
         handlers = self._handlers
         types = self.event_types
         ts = None
+        earliest, latest = now - MAX_CLOCK_SKEW, now + MAX_CLOCK_SKEW
         for event in events:
             if type(event) is not dict:
                 self.invalid_event("not_an_object")
@@ -172,7 +173,7 @@ class State:
                     self.invalid_event("bad_timestamp")
                     ts = None
                     continue
-            if not now - MAX_CLOCK_SKEW <= ts <= now + MAX_CLOCK_SKEW:  # NaN fails too
+            if not earliest <= ts <= latest:  # NaN fails too
                 self.invalid_event("timestamp_out_of_range")
                 ts = None
                 continue
@@ -220,8 +221,10 @@ class State:
 
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
-        if uuid not in self.tasks and uuid not in self.pending.held and \
-                self.table.ended(uuid, _BIT[kind]):
+        task = self.tasks.get(uuid)  # type: ignore[arg-type]
+        if task is not None:
+            return task
+        if uuid not in self.pending.held and self.table.ended(uuid, _BIT[kind]):
             self.duplicates[kind] += 1
             return None
         return self._known(uuid)
@@ -394,7 +397,9 @@ class State:
         runtime = e.get("runtime")
         if runtime is None and task.started is not None:
             runtime = ts - task.started
-        if runtime is not None:
+        if type(runtime) is float and 0.0 <= runtime <= MAX_RUNTIME:  # the usual case
+            self._emit(at, self._runtime, value=runtime)
+        elif runtime is not None:
             self._observe_runtime(at, runtime)
 
     def _on_failed(self, e: dict, ts: float, now: float) -> None:

@@ -132,8 +132,9 @@ class TaskTable:
     def _remember(self, uuid: str, task: Task, ended: int) -> None:
         if type(uuid) is not str or len(uuid) <= MAX_KEY:
             finished = self.finished
+            if uuid in finished:
+                finished.move_to_end(uuid)
             finished[uuid] = Finished(task.name, task.queue, ended)
-            finished.move_to_end(uuid)
             if len(finished) > FINISHED_CAP:
                 finished.popitem(last=False)
 
