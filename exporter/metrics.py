@@ -158,9 +158,10 @@ EVENTS_INVALID = Metric("exporter_events_invalid_total", "counter",
                         "(value_out_of_range: the event counts, its runtime is dropped).",
                         ("reason",))
 EVENTS_DUPLICATE = Metric("exporter_events_duplicate_total", "counter",
-                          "Terminal task events dropped because that end of the task was "
-                          "counted already (Celery re-sends buffered events after a "
-                          "reconnect), by event type.", ("type",))
+                          "Task events dropped because that step of the task was counted "
+                          "already (Celery re-sends buffered events after a reconnect): a "
+                          "second end of the same kind, or a start after the end, by event "
+                          "type.", ("type",))
 LAST_EVENT = Metric("exporter_last_event_timestamp_seconds", "gauge",
                     "When the last event was received (exporter clock).")
 EVENT_LAG = Metric("exporter_event_lag_seconds", "gauge",

@@ -865,3 +865,17 @@ def test_the_pipeline_reconciles_after_a_reconnect_and_says_what_it_reset(
         pipeline.idle(time.time())
     assert f"worker {W1}: reset 2 prefetched" in caplog.text
     assert not state.reconciled
+
+
+def test_started_sent_again_after_the_task_finished_is_a_duplicate() -> None:
+    """The event in flight when a worker's connection broke can be re-sent: a task-started
+    of a finished task, with no task-received before it, is not a new run."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0)
+    feed(s, [*events, events[2], events[3]])
+    key = ("app.add", "default", W1)
+    assert counter(s, m.TASK_STARTED, *key) == 1
+    assert counter(s, m.TASK_SUCCEEDED, *key) == 1
+    assert not s.tasks
+    assert s.duplicates["task-started"] == 1

@@ -41,6 +41,7 @@ EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field",
                  "timestamp_out_of_range", "value_out_of_range")
 TERMINAL = ("task-succeeded", "task-failed", "task-rejected", "task-revoked")
 _BIT = {kind: 1 << i for i, kind in enumerate(TERMINAL)}
+_ANY_END = sum(_BIT.values())
 # Sender clocks may be off by hours; a timestamp further than this from the receive time
 # (or not finite) is garbage that would turn into 1e300-second waits and offsets.
 MAX_CLOCK_SKEW = 86_400.0
@@ -93,7 +94,7 @@ class State:
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
         # Terminal events seen again for a task already counted (re-sent after a reconnect).
-        self.duplicates: dict[str, int] = dict.fromkeys(TERMINAL, 0)
+        self.duplicates: dict[str, int] = dict.fromkeys(("task-started", *TERMINAL), 0)
         self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
         self.clamped: dict[str, int] = {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
         self.queues_seen: dict[str, None] = {}
@@ -359,6 +360,12 @@ class State:
 
     def _on_started(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
+        if uuid not in self.tasks and self.table.ended(uuid, _ANY_END):
+            # A finished task starts again only after a new task-received (a redelivery),
+            # which would have put it back in the table: this is a re-sent event.
+            self._worker(e["hostname"], now).task_events += 1
+            self.duplicates["task-started"] += 1
+            return
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
