@@ -879,3 +879,13 @@ def test_started_sent_again_after_the_task_finished_is_a_duplicate() -> None:
     assert counter(s, m.TASK_SUCCEEDED, *key) == 1
     assert not s.tasks
     assert s.duplicates["task-started"] == 1
+
+
+@pytest.mark.parametrize("freq", [1.7e308, float("inf"), float("nan"), 1e6])
+def test_heartbeat_interval_outside_sane_bounds_is_invalid(freq: float) -> None:
+    """freq=1e308 would make the worker's timeout infinite: never marked down."""
+    s = State()
+    s.ingest([ev("worker-heartbeat", T0, freq=freq)], T0)
+    s.tick(T0 + 5)
+    assert not s.workers[W1].up, "Celery's default interval (2 s) still applies"
+    assert s.invalid["value_out_of_range"] == 1

@@ -47,6 +47,8 @@ _ANY_END = sum(_BIT.values())
 MAX_CLOCK_SKEW = 86_400.0
 # No task runs longer than a year: a runtime outside [0, this] would poison `_sum`.
 MAX_RUNTIME = 366 * 86_400.0
+# Celery's heartbeat interval is seconds; beyond an hour a worker would never time out.
+MAX_HEARTBEAT_INTERVAL = 3600.0
 
 
 class Reconciled(NamedTuple):
@@ -485,8 +487,11 @@ class State:
         worker.last_seen = now
         worker.seen = self.stamp.mono
         freq = e.get("freq")
-        if type(freq) in (int, float) and freq > 0:
-            worker.freq = float(freq)
+        if type(freq) in (int, float):
+            if 0 < freq <= MAX_HEARTBEAT_INTERVAL:  # NaN fails too
+                worker.freq = float(freq)
+            else:
+                self.invalid_event("value_out_of_range")
         for attr in ("sw_ident", "sw_ver", "sw_sys"):
             value = e.get(attr)
             if type(value) is str and value:
