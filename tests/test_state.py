@@ -889,3 +889,16 @@ def test_heartbeat_interval_outside_sane_bounds_is_invalid(freq: float) -> None:
     s.tick(T0 + 5)
     assert not s.workers[W1].up, "Celery's default interval (2 s) still applies"
     assert s.invalid["value_out_of_range"] == 1
+
+
+def test_task_sent_after_the_whole_lifecycle_is_counted_and_not_tracked() -> None:
+    """A busy producer's task-sent can come after the worker's last event for the task."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0, queue="other")
+    feed(s, events[1:])
+    settle(s)
+    feed(s, events[:1])
+    assert counter(s, m.TASK_SENT, "app.add", "other") == 1
+    assert not any(s.invalid.values())
+    assert not s.tasks

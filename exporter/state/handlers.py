@@ -333,7 +333,8 @@ class State:
 
     def _late_sent(self, e: dict) -> None:
         task = Task()
-        task.name, task.queue = self.finished[e["uuid"]]
+        remembered = self.finished[e["uuid"]]
+        task.name, task.queue = remembered.name, remembered.queue
         queue = e.get("queue") or e.get("routing_key")
         if type(queue) is str:
             task.queue = self.labels.queue(queue)
