@@ -730,8 +730,8 @@ def test_runtime_outside_sane_bounds_is_counted_invalid_not_observed(runtime: fl
     assert s.invalid["value_out_of_range"] == 1
 
 
-@pytest.mark.parametrize("ts", [1e300, T0 + 10 * 86400, float("inf"), float("nan")])
-def test_timestamps_far_from_the_receive_time_are_invalid(ts: float) -> None:
+@pytest.mark.parametrize("ts", [1e300, T0 + 10 * 86400, float("inf"), float("nan"), -1e300])
+def test_timestamps_far_ahead_of_the_receive_time_are_invalid(ts: float) -> None:
     s = State()
     online(s)
     feed(s, lifecycle("a", T0)[:1])
@@ -902,3 +902,35 @@ def test_task_sent_after_the_whole_lifecycle_is_counted_and_not_tracked() -> Non
     assert counter(s, m.TASK_SENT, "app.add", "other") == 1
     assert not any(s.invalid.values())
     assert not s.tasks
+
+
+def test_a_clock_years_behind_is_corrected_not_rejected() -> None:
+    """A host that booted in 1970 (no RTC) still counts: offsets correct its clock."""
+    s = State()
+    behind = T0 - 1e9
+    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0)
+    s.ingest([ev("task-received", behind + 1, uuid="a", name="n", retries=0, eta=None)], T0 + 1)
+    s.ingest([ev("task-started", behind + 2, uuid="a")], T0 + 2)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, pytest.approx(2.0))
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (1, pytest.approx(1.0))
+    assert not any(s.invalid.values())
+
+
+def test_a_wait_of_more_than_a_year_is_invalid() -> None:
+    """One worker event stamped decades off among normal ones: no 1e9-second wait."""
+    s = State()
+    feed(s, [ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None),
+             ev("task-received", T0 + 0.1, uuid="a", name="n", retries=0, eta=None)])
+    s.ingest([ev("task-started", T0 + 1e9, uuid="a")], T0 + 1e9)
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (0, 0.0)
+    assert s.invalid["value_out_of_range"] >= 1
+
+
+def test_clock_offsets_are_exported_for_at_most_max_series_hosts() -> None:
+    s = State(StateConfig(max_series=10))
+    for i in range(15):  # one window
+        s.ingest([ev("worker-heartbeat", T0, hostname=f"celery@a{i}")], T0)
+    s.tick(T0 + 400)  # the window rolls: these are the previous window now
+    for i in range(15):
+        s.ingest([ev("worker-heartbeat", T0 + 400, hostname=f"celery@b{i}")], T0 + 400)
+    assert len(s.clocks.estimates()) == 10

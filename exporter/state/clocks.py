@@ -89,10 +89,17 @@ class Clocks:
         """host label (capped) -> offset in use, for the hosts heard from lately."""
         out: dict[str, float] = {}
         cap = self.labels.cap
-        for window in (self.offsets_prev, self.offsets):
+        room = self.max_hosts  # like every labelled family: at most max_series hosts
+        for window in (self.offsets, self.offsets_prev):
             for host, cell in window.items():
                 label = cap(host)
                 value = _estimate(cell)
-                if label not in out or value < out[label]:
+                known = out.get(label)
+                if known is None:
+                    if room <= 0:
+                        continue
+                    room -= 1
+                    out[label] = value
+                elif value < known:
                     out[label] = value
         return out

@@ -42,10 +42,12 @@ EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field",
 TERMINAL = ("task-succeeded", "task-failed", "task-rejected", "task-revoked")
 _BIT = {kind: 1 << i for i, kind in enumerate(TERMINAL)}
 _ANY_END = sum(_BIT.values())
-# Sender clocks may be off by hours; a timestamp further than this from the receive time
-# (or not finite) is garbage that would turn into 1e300-second waits and offsets.
+# Sender clocks may be off by hours; a timestamp further than this ahead of the receive
+# time (or negative, or not finite) is garbage that would turn into 1e300-second waits.
+# Clocks far behind (a host that booted in 1970) are left to the offsets, which correct
+# them; the waits they could still produce are bounded by MAX_RUNTIME.
 MAX_CLOCK_SKEW = 86_400.0
-# No task runs longer than a year: a runtime outside [0, this] would poison `_sum`.
+# No task runs or waits longer than a year: a value beyond would poison `_sum`.
 MAX_RUNTIME = 366 * 86_400.0
 # Celery's heartbeat interval is seconds; beyond an hour a worker would never time out.
 MAX_HEARTBEAT_INTERVAL = 3600.0
@@ -145,7 +147,7 @@ class State:
         handlers = self._handlers
         types = self.event_types
         ts = None
-        earliest, latest = now - MAX_CLOCK_SKEW, now + MAX_CLOCK_SKEW
+        latest = now + MAX_CLOCK_SKEW
         for event in events:
             if type(event) is not dict:
                 self.invalid_event("not_an_object")
@@ -176,7 +178,7 @@ class State:
                     self.invalid_event("bad_timestamp")
                     ts = None
                     continue
-            if not earliest <= ts <= latest:  # NaN fails too
+            if not 0.0 <= ts <= latest:  # NaN fails too
                 self.invalid_event("timestamp_out_of_range")
                 ts = None
                 continue
@@ -384,7 +386,10 @@ class State:
             if wait < 0:
                 self.clamped[m.QUEUE_WAIT.key] += 1
                 wait = 0.0
-            self._emit(at, self._qwait, value=wait)
+            if wait <= MAX_RUNTIME:
+                self._emit(at, self._qwait, value=wait)
+            else:
+                self.invalid_event("value_out_of_range")
         else:
             task.started_at = started
         if task.received is not None and not task.eta:
@@ -392,7 +397,10 @@ class State:
             if wait < 0:
                 self.clamped[m.PREFETCH_WAIT.key] += 1
                 wait = 0.0
-            self._emit(at, self._pwait, value=wait)
+            if wait <= MAX_RUNTIME:
+                self._emit(at, self._pwait, value=wait)
+            else:
+                self.invalid_event("value_out_of_range")
 
     def _on_succeeded(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
