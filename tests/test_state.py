@@ -7,9 +7,9 @@ from datetime import UTC
 
 import pytest
 
-from exporter import metrics as m
-from exporter.labels import LabelPolicy
-from exporter.state import State, StateConfig, apply_worker_probe
+from celery_events_exporter import metrics as m
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.state import State, StateConfig, apply_worker_probe
 
 T0 = 1_700_000_000.0
 W1, W2 = "celery@w1", "celery@w2"
@@ -774,7 +774,7 @@ def test_a_wall_clock_step_does_not_mark_workers_down() -> None:
     import json
     import time
 
-    from exporter.pipeline import TICK_SECONDS, Pipeline
+    from celery_events_exporter.pipeline import TICK_SECONDS, Pipeline
 
     state = State()
     pipeline = Pipeline(state)
@@ -842,7 +842,7 @@ def test_the_pipeline_reconciles_after_a_reconnect_and_says_what_it_reset(
     import logging
     import time
 
-    from exporter.pipeline import TICK_SECONDS, Pipeline
+    from celery_events_exporter.pipeline import TICK_SECONDS, Pipeline
 
     state = State()
     pipeline = Pipeline(state)
@@ -861,7 +861,7 @@ def test_the_pipeline_reconciles_after_a_reconnect_and_says_what_it_reset(
     send("worker-heartbeat", freq=2.0, active=0, processed=2)
     assert state.workers[W1].prefetched == 0
     time.sleep(TICK_SECONDS + 0.1)  # the next tick, which logs, is due
-    with caplog.at_level(logging.WARNING, logger="exporter.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="celery_events_exporter.pipeline"):
         pipeline.idle(time.time())
     assert f"worker {W1}: reset 2 prefetched" in caplog.text
     assert not state.reconciled
