@@ -165,9 +165,11 @@ def build(opts: Options) -> g.Dashboard:
         timeseries("Event lag", [
             (f"max({q.m(m.EVENT_LAG)})", "lag of last event"),
             (f"time() - max({q.m(m.LAST_EVENT)})", "since last event"),
+            (f"max by (host) ({q.m(m.CLOCK_OFFSET)})", "clock offset: {{host}}"),
         ], unit=SECONDS, w=6, thresholds=steps(("green", None), ("red", cfg.event_lag_seconds)),
             description="Receive time minus the sender's timestamp (includes clock offset "
-                        "between hosts), and time since any event arrived."),
+                        "between hosts), time since any event arrived, and each host's "
+                        "estimated offset (clock skew plus the fastest transit)."),
         timeseries("Exporter problems", [
             (f"sum by (reason) ({q.rate(q.m(m.EVENTS_INVALID))})", "invalid: {{reason}}"),
             (f"sum by (metric) ({q.rate(q.m(m.SERIES_DROPPED))})", "dropped: {{metric}}"),
@@ -175,11 +177,13 @@ def build(opts: Options) -> g.Dashboard:
             (f"sum({q.rate(q.m(m.BROKER_RECONNECTS))})", "broker reconnects"),
             (f"sum by (probe) ({q.rate(q.m(m.PROBE_ERRORS))})", "probe errors: {{probe}}"),
             (f"sum by (metric) ({q.rate(q.m(m.WAITS_CLAMPED))})", "clamped: {{metric}}"),
+            (f"sum by (type) ({q.rate(q.m(m.EVENTS_DUPLICATE))})", "duplicate: {{type}}"),
         ], unit=PER_SECOND, w=6,
             description="Anything here means some numbers are incomplete: invalid events "
                         "dropped, series over the cap, tasks evicted before finishing, "
                         "reconnects, failing probes; clamped waits mean clock skew between "
-                        "hosts. Empty is good."),
+                        "hosts; duplicates are re-sent terminal events, dropped so nothing "
+                        "is counted twice. Empty is good."),
         timeseries("In-flight tasks tracked", [(f"max({q.m(m.TASKS_TRACKED)})", "tracked")],
                    unit=COUNT, w=6,
                    description="Tasks the exporter holds between their first and final "

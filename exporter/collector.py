@@ -27,6 +27,27 @@ from celery_events_exporter.pipeline import Pipeline
 from celery_events_exporter.probes import ProbeResults
 
 
+@dataclass(slots=True, frozen=True)
+class _WorkerRow:
+    """One node as the scrape saw it, copied under the lock."""
+
+    label: str
+    hostname: str
+    up: bool
+    active: int | None
+    prefetched: int
+    scheduled: int
+    last_seen: float
+    sw_ver: str
+    sw_ident: str
+    sw_sys: str
+    pool: int | None
+    prefetch_limit: int | None
+    events_missing: bool
+    queues: frozenset[str]
+    said_goodbye: bool
+
+
 @dataclass(slots=True)
 class _WorkerGroup:
     """The nodes behind one worker label, summed (node counts are ints)."""
@@ -78,17 +99,23 @@ class CeleryCollector:
     def collect(self) -> Iterator[Metric]:
         state = self.pipeline.state
         with self.pipeline.lock:
-            counters = [(s.metric, s.data.copy()) for s in state.counters.values()]
-            histograms = [(s.metric, s.bounds, s.data.copy()) for s in state.histograms.values()]
-            workers = [(w.label if not self.drop_worker else w.hostname, w.hostname, w.up,
-                        w.active, w.prefetched, w.scheduled, w.last_seen, w.sw_ver, w.sw_ident,
-                        w.sw_sys, w.pool, w.prefetch_limit, w.events_missing, w.queues,
-                        w.said_goodbye)
+            # Series no scrape has shown yet are shown at 0 this time (see state.series).
+            cutoff = state.stamp.mono - state.config.new_series_delay
+            counters = [(s.metric, s.data.copy(), s.take_fresh(cutoff), s.created)
+                        for s in state.counters.values()]
+            histograms = [(s.metric, s.bounds, s.data.copy(), s.take_fresh(cutoff), s.created)
+                          for s in state.histograms.values()]
+            workers = [_WorkerRow(w.label if not self.drop_worker else w.hostname,
+                                  w.hostname, w.up, w.active, w.prefetched, w.scheduled,
+                                  w.last_seen, w.sw_ver, w.sw_ident, w.sw_sys, w.pool,
+                                  w.prefetch_limit, w.events_missing, w.queues, w.said_goodbye)
                        for w in state.workers.values()]
             event_types = dict(state.event_types)
             invalid = dict(state.invalid)
+            duplicates = dict(state.duplicates)
             evicted = dict(state.evicted)
             clamped = dict(state.clamped)
+            offsets = state.clocks.estimates()
             dropped = state.series_dropped
             tracked = len(state.tasks)
             last_event, lag = state.last_event, state.lag
@@ -98,17 +125,19 @@ class CeleryCollector:
 
         # The task families hold up to max_series label sets each: they render their own
         # text (see `generate_text`) and build prometheus_client samples only when asked.
-        for metric, data in counters:
+        for metric, data, zero, created in counters:
             worker_pos = -1
             if self.drop_worker and "worker" in metric.labels:
                 worker_pos = metric.labels.index("worker")
             yield _TaskCounter(metric.family(self.prefix), metric.help, self._labels(metric),
-                               data, static, worker_pos, self._text.setdefault(metric.key, {}))
+                               data, static, worker_pos, self._text.setdefault(metric.key, {}),
+                               zero, created)
 
-        for metric, bounds, data in histograms:
+        for metric, bounds, data, zero, created in histograms:
             les = [*(self._go(b) for b in bounds), "+Inf"]
             yield _TaskHistogram(metric.full(self.prefix), metric.help, self._labels(metric),
-                                 data, static, les, self._text.setdefault(metric.key, {}))
+                                 data, static, les, self._text.setdefault(metric.key, {}),
+                                 zero, created)
 
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
@@ -134,6 +163,7 @@ class CeleryCollector:
         yield reconnect_family
         yield by(m.EVENTS, event_types, counter=True)
         yield by(m.EVENTS_INVALID, invalid, counter=True)
+        yield by(m.EVENTS_DUPLICATE, duplicates, counter=True)
         if last_event:
             yield one(m.LAST_EVENT, last_event)
             yield one(m.EVENT_LAG, lag)
@@ -141,6 +171,7 @@ class CeleryCollector:
         yield by(m.TASKS_EVICTED, evicted, counter=True)
         yield by(m.SERIES_DROPPED, self._full_names(dropped), counter=True)
         yield by(m.WAITS_CLAMPED, self._full_names(clamped), counter=True)
+        yield by(m.CLOCK_OFFSET, offsets)
         yield one(m.WORKERS_TASK_EVENTS_MISSING, 1.0 if missing else 0.0)
         yield from self._probe_status()
 
@@ -153,7 +184,7 @@ class CeleryCollector:
             text = self._le[bound] = floatToGoString(bound)
         return text
 
-    def _workers(self, workers: list, missing: bool) -> Iterator[Metric]:
+    def _workers(self, workers: list[_WorkerRow], missing: bool) -> Iterator[Metric]:
         static = self.static_values
         up = self._gauge(m.WORKER_UP)
         active = self._gauge(m.WORKER_TASKS_ACTIVE)
@@ -168,24 +199,23 @@ class CeleryCollector:
         # Worker gauges are per node: with grouped worker labels several nodes share a
         # label, so their values add up (and `up` counts live nodes).
         groups: dict[str, _WorkerGroup] = {}
-        for (label, _host, is_up, act, pre, sch, last, ver, ident, system, size, plimit, miss,
-             _queues, goodbye) in workers:
-            g = groups.get(label)
+        for w in workers:
+            g = groups.get(w.label)
             if g is None:
-                g = groups[label] = _WorkerGroup()
+                g = groups[w.label] = _WorkerGroup()
             g.nodes += 1
-            g.up += 1.0 if is_up else 0.0
-            g.active += (act or 0) if is_up else 0
-            g.prefetched += max(pre, 0)
-            g.scheduled += max(sch, 0)
-            g.last_seen = max(g.last_seen, last)
-            g.pool += size or 0
-            g.limit += plimit or 0
-            g.probed += size is not None
-            g.events_missing = g.events_missing or bool(miss and is_up)
-            g.said_goodbye += bool(goodbye and not is_up)
-            if ver or ident or system:
-                info.add_metric([label, ver, ident, system, *static], 1)
+            g.up += 1.0 if w.up else 0.0
+            g.active += (w.active or 0) if w.up else 0
+            g.prefetched += max(w.prefetched, 0)
+            g.scheduled += max(w.scheduled, 0)
+            g.last_seen = max(g.last_seen, w.last_seen)
+            g.pool += w.pool or 0
+            g.limit += w.prefetch_limit or 0
+            g.probed += w.pool is not None
+            g.events_missing = g.events_missing or bool(w.events_missing and w.up)
+            g.said_goodbye += bool(w.said_goodbye and not w.up)
+            if w.sw_ver or w.sw_ident or w.sw_sys:
+                info.add_metric([w.label, w.sw_ver, w.sw_ident, w.sw_sys, *static], 1)
         for label, g in sorted(groups.items()):
             key = [label, *static]
             up.add_metric(key, g.up)
@@ -201,16 +231,16 @@ class CeleryCollector:
         yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing,
                     clean)
 
-    def _queues(self, workers: list) -> Iterator[Metric]:
+    def _queues(self, workers: list[_WorkerRow]) -> Iterator[Metric]:
         static = self.static_values
         with self.probes.lock:
             facts = self.probes.queues
             lengths, consumers = dict(facts.length), dict(facts.consumers)
             unacked, utilisation = dict(facts.unacked), dict(facts.utilisation)
-        if not consumers and any(row[13] for row in workers):
+        if not consumers and any(w.queues for w in workers):
             # Redis has no consumer count: count live workers that consume each queue.
             for name in lengths:
-                consumers[name] = float(sum(1 for row in workers if row[2] and name in row[13]))
+                consumers[name] = float(sum(1 for w in workers if w.up and name in w.queues))
         for metric, values in ((m.QUEUE_LENGTH, lengths), (m.QUEUE_CONSUMERS, consumers),
                                (m.QUEUE_MESSAGES_UNACKED, unacked),
                                (m.QUEUE_CONSUMER_UTILISATION, utilisation)):
@@ -285,14 +315,21 @@ class _Lazy:
 
 
 class _TaskCounter(_Lazy, CounterMetricFamily):
+    """A task counter family. `created` maps a series key (the state's label tuple) to the
+    series' creation time (unix seconds), for OpenMetrics `_created`; read it with `.get`
+    (it is the state's live dict). Series in `zero` are shown at 0 this scrape."""
+
     def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], worker_pos: int, cache: dict) -> None:
+                 static: tuple[str, ...], worker_pos: int, cache: dict,
+                 zero: set | None = None, created: dict | None = None) -> None:
         self._rows = None
         CounterMetricFamily.__init__(self, name, documentation, labels=labels)
         self._labelnames = tuple(labels)
         self._static = static
         self._worker_pos = worker_pos
         self._cache = cache
+        self.zero = zero or set()
+        self.created = created if created is not None else {}
         self._rows = data
 
     def _values(self, key: tuple[str, ...]) -> tuple[str, ...]:
@@ -303,8 +340,9 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
 
     def _build(self, data: dict) -> None:  # type: ignore[override]
         add = super().add_metric
+        zero = self.zero
         for key, cell in data.items():
-            add(list(self._values(key)), cell[0])
+            add(list(self._values(key)), 0.0 if key in zero else cell[0])
 
     def render(self, out: list[str], go: dict[float, str]) -> None:
         data = self._rows
@@ -320,6 +358,7 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
         append = out.append
         cache = _trim(self._cache, data)
         room = _CACHE_KEYS - len(cache)
+        zero = self.zero
         for key, cell in data.items():
             prefix = cache.get(key)
             if prefix is None:
@@ -330,7 +369,7 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
                 if room > 0:
                     cache[key] = prefix
                     room -= 1
-            value = cell[0]
+            value = cell[0] if key not in zero else 0.0
             text = go.get(value)
             if text is None:
                 text = go[value] = floatToGoString(value)
@@ -338,20 +377,28 @@ class _TaskCounter(_Lazy, CounterMetricFamily):
 
 
 class _TaskHistogram(_Lazy, HistogramMetricFamily):
+    """A task histogram family; `created` and `zero` as for _TaskCounter."""
+
     def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], les: list[str], cache: dict) -> None:
+                 static: tuple[str, ...], les: list[str], cache: dict,
+                 zero: set | None = None, created: dict | None = None) -> None:
         self._rows = None
         HistogramMetricFamily.__init__(self, name, documentation, labels=labels)
         self._labelnames = tuple(labels)
         self._static = static
         self._les = les
         self._cache = cache
+        self.zero = zero or set()
+        self.created = created if created is not None else {}
         self._rows = data
 
     def _build(self, data: dict) -> None:  # type: ignore[override]
         les, static = self._les, self._static
         add = super().add_metric
+        zero = self.zero
         for key, cell in data.items():
+            if key in zero:
+                cell = [0.0] * len(cell)
             running = 0.0
             buckets = []
             for le, count in zip(les, cell, strict=False):
@@ -375,7 +422,10 @@ class _TaskHistogram(_Lazy, HistogramMetricFamily):
         append = out.append
         cache = _trim(self._cache, data)
         room = _CACHE_KEYS - len(cache)
+        zero = self.zero
         for key, cell in data.items():
+            if zero and key in zero:
+                cell = [0.0] * len(cell)
             entry = cache.get(key)
             if entry is None:
                 vals = (*key, *static)

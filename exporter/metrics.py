@@ -154,7 +154,14 @@ BROKER_RECONNECTS = Metric("exporter_broker_reconnects_total", "counter",
 EVENTS = Metric("exporter_events_total", "counter",
                 "Events ingested, by event type.", ("type",))
 EVENTS_INVALID = Metric("exporter_events_invalid_total", "counter",
-                        "Messages or events dropped as invalid, by reason.", ("reason",))
+                        "Messages or events dropped as invalid, by reason "
+                        "(value_out_of_range: the event counts, its runtime is dropped).",
+                        ("reason",))
+EVENTS_DUPLICATE = Metric("exporter_events_duplicate_total", "counter",
+                          "Task events dropped because that step of the task was counted "
+                          "already (Celery re-sends buffered events after a reconnect): a "
+                          "second end of the same kind, or a start after the end, by event "
+                          "type.", ("type",))
 LAST_EVENT = Metric("exporter_last_event_timestamp_seconds", "gauge",
                     "When the last event was received (exporter clock).")
 EVENT_LAG = Metric("exporter_event_lag_seconds", "gauge",
@@ -168,6 +175,10 @@ TASKS_EVICTED = Metric("exporter_tasks_evicted_total", "counter",
 SERIES_DROPPED = Metric("exporter_series_dropped_total", "counter",
                         "Observations dropped because the metric hit its series cap.",
                         ("metric",))
+CLOCK_OFFSET = Metric("exporter_clock_offset_seconds", "gauge",
+                      "Estimated receive time minus sender timestamp per host (clock offset "
+                      "plus the fastest transit), as used to correct cross-host waits.",
+                      ("host",))
 WAITS_CLAMPED = Metric("exporter_waits_clamped_total", "counter",
                        "Wait observations that came out negative (clock skew) and were "
                        "recorded as 0.", ("metric",))
@@ -189,9 +200,9 @@ ALL: tuple[Metric, ...] = (
     *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
     WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
-    EVENTS_INVALID, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED, SERIES_DROPPED,
-    WAITS_CLAMPED, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS, WORKERS_TASK_EVENTS_MISSING,
-    PROBE_LAST_SUCCESS,
+    EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,
+    SERIES_DROPPED, WAITS_CLAMPED, CLOCK_OFFSET, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS,
+    WORKERS_TASK_EVENTS_MISSING, PROBE_LAST_SUCCESS,
 )
 
 BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}

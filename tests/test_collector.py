@@ -35,7 +35,13 @@ def scenario(config: StateConfig | None = None) -> tuple[Pipeline, ProbeResults]
     pipeline.set_connected(True, T0)
     results = ProbeResults()
     results.queues.length = {"default": 3.0, "reports": 0.0}
+    scraped_once(pipeline)
     return pipeline, results
+
+
+def scraped_once(pipeline: Pipeline) -> None:
+    """A scrape has shown the new series at 0: from now on they show their values."""
+    list(CeleryCollector(pipeline).collect())
 
 
 def registry_for(pipeline: Pipeline, results: ProbeResults, **kwargs: object) -> CollectorRegistry:
@@ -185,3 +191,44 @@ def test_negotiated_formats_have_every_family(accept: str) -> None:
     for family in ("celery_task_sent", "celery_task_queue_wait_seconds", "celery_worker_up",
                    "celery_queue_length", "celery_exporter_events"):
         assert re.search(rf"^# TYPE {family}(_total)? ", text, re.M), family
+
+
+def _failed(registry: CollectorRegistry, worker: str = W1, exc: str = "ValueError"
+            ) -> float | None:
+    return registry.get_sample_value("celery_task_failed_total", {
+        "name": "app.add", "queue": "default", "worker": worker, "exception": exc})
+
+
+def test_a_new_series_is_shown_at_zero_by_the_first_scrape() -> None:
+    """So rate()/increase() in a stock Prometheus see its first increment (issue 10, 9)."""
+    pipeline, results = scenario()
+    registry = registry_for(pipeline, results)
+    feed(pipeline.state, lifecycle("z", T0 + 10, outcome="task-failed"))
+    feed(pipeline.state, lifecycle("y", T0 + 10, outcome="task-failed", worker=W2))
+    assert _failed(registry) == 0, "a new series: 0 on its first scrape"
+    assert _failed(registry, W2) == 2, "a series scraped before shows its value at once"
+    assert _failed(registry) == 1
+    feed(pipeline.state, lifecycle("x", T0 + 20, outcome="task-failed"))
+    assert _failed(registry) == 2
+
+
+def test_new_series_delay_keeps_it_at_zero_for_every_scraper_that_long() -> None:
+    """An HA pair scrapes twice per interval: the delay lets both see the zero."""
+    pipeline, results = scenario(StateConfig(new_series_delay=30))
+    state = pipeline.state
+    registry = registry_for(pipeline, results)
+    feed(state, lifecycle("y", T0 + 10, outcome="task-failed", exception="KeyError()")[1:])
+    assert _failed(registry, exc="KeyError") == 0
+    state.tick(T0 + 10 + 29)
+    assert _failed(registry, exc="KeyError") == 0
+    state.tick(T0 + 10 + 31)
+    assert _failed(registry, exc="KeyError") == 0, "the last scrape at 0, the delay over"
+    assert _failed(registry, exc="KeyError") == 1
+
+
+def test_task_families_carry_the_series_creation_time() -> None:
+    pipeline, _ = scenario()
+    family = next(f for f in CeleryCollector(pipeline).collect()
+                  if f.name == "celery_task_failed")
+    # The exporter's clock when the series was created: the event's receive time.
+    assert family.created[("app.add", "default", W2, "ValueError")] == T0 + 0.8 + 0.01

@@ -33,7 +33,7 @@ from celery_events_exporter.config import Config
 from celery_events_exporter.ingest.kombu import KombuConsumer
 from celery_events_exporter.ingest.redis import RedisConsumer
 from celery_events_exporter.pipeline import Pipeline
-from celery_events_exporter.state import State
+from celery_events_exporter.state import State, StateConfig
 
 pytestmark = pytest.mark.redis
 
@@ -277,7 +277,9 @@ def test_fast_text_rendering_is_byte_identical(static: tuple) -> None:
     pipeline = Pipeline(state)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CeleryCollector(pipeline, static_labels=static))
+    shown_at_zero = generate_text(registry)  # the first scrape shows new series at 0
     first = generate_text(registry)
+    assert first != shown_at_zero
     assert first == generate_latest(registry)
     assert generate_text(registry) == first, "label strings cached between scrapes"
     # Series removed from the state are gone from the next scrape too.
@@ -285,6 +287,21 @@ def test_fast_text_rendering_is_byte_identical(static: tuple) -> None:
         state.counters[m.TASK_SUCCEEDED.key].data.clear()
     assert generate_text(registry) == generate_latest(registry)
     assert b"celery_task_succeeded_total{" not in generate_text(registry)
+
+
+def test_new_series_at_zero_render_the_same_both_ways() -> None:
+    """Series held at 0 (new, delay not over) print the same in both renderers."""
+    state = State(StateConfig(new_series_delay=1e9))
+    now = time.time()
+    for host, kind, fields in stream(seed=5, tasks=100):
+        state.ingest([{"type": kind, "hostname": host, "timestamp": now, **fields}], now)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CeleryCollector(Pipeline(state)))
+    text = generate_text(registry)
+    assert text == generate_latest(registry)
+    samples = [line for line in text.decode().splitlines()
+               if line.startswith(("celery_task_", "celery_task_runtime"))]
+    assert samples and all(line.endswith(" 0.0") for line in samples)
 
 
 def test_rendering_while_ingesting_gives_whole_lines() -> None:

@@ -28,7 +28,7 @@ def lifecycle(uuid: str, t: float, name: str = "app.add", queue: str = "default"
         ev("task-sent", t, uuid=uuid, name=name, queue=queue, retries=0, eta=None),
         ev("task-received", t + 0.1, uuid=uuid, name=name, retries=0, eta=None, hostname=worker),
         ev("task-started", t + 0.3, uuid=uuid, hostname=worker),
-        ev(outcome, t + 0.8, uuid=uuid, hostname=worker, **finish, **extra),
+        ev(outcome, t + 0.8, uuid=uuid, hostname=worker, **{**finish, **extra}),
     ]
 
 
@@ -359,13 +359,20 @@ def test_producer_clock_behind_is_corrected_with_host_offsets() -> None:
     assert s.clamped[m.QUEUE_WAIT.key] == 0
 
 
-def test_worker_clock_behind_producer_clamps_at_zero_and_counts_it() -> None:
+def test_wait_that_stays_negative_after_offsets_is_clamped_at_zero_and_counted() -> None:
+    """Offsets are estimated from transit, so a late task-sent overstates the publish time.
+
+    The worker's clock is 10 s behind; its heartbeats arrive at once (offset 10). The
+    producer's only event is 2 s late in transit (offset 2, publish read as 2 s late). The
+    worker starts 1 s after the real publish: corrected wait 1 - 2 = -1 s.
+    """
     s = State()
-    # One event only from each host: offsets equal the transit, so the skew shows up raw.
-    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0)
-    s.ingest([ev("task-started", T0 - 5, uuid="a")], T0 + 1)
-    assert hist(s, m.QUEUE_WAIT, "n", "q")[0] == 1
-    assert hist(s, m.QUEUE_WAIT, "n", "q")[1] >= 0
+    s.ingest([ev("worker-heartbeat", T0 - 22, freq=2.0)], T0 - 12)
+    s.ingest([ev("worker-heartbeat", T0 - 20, freq=2.0)], T0 - 10)
+    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0 + 2)
+    s.ingest([ev("task-started", T0 - 9, uuid="a")], T0 + 2)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, 0.0)
+    assert s.clamped[m.QUEUE_WAIT.key] == 1
 
 
 def test_prefetch_wait_uses_the_worker_clock_only() -> None:
@@ -602,3 +609,328 @@ def test_same_events_same_numbers() -> None:
                 {k: dict(v.data) for k, v in s.histograms.items()})
 
     assert run() == run()
+
+
+# -- issue 10: exact under production conditions --------------------------------------------
+
+
+def test_handled_event_types_still_apply_after_64_custom_types() -> None:
+    """Only the event-type counter is capped; handlers keep working (issue 10, point 3)."""
+    s = State()
+    for i in range(70):
+        s.ingest([{"type": f"custom-{i}", "timestamp": T0}], T0)
+    feed(s, lifecycle("a", T0 + 1))
+    s.ingest([ev("worker-heartbeat", T0 + 2, freq=2.0, active=3, processed=1)], T0 + 2)
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert s.workers[W1].active == 3
+    assert s.event_types["other"] >= 1
+    assert len(s.event_types) <= 65
+
+
+@pytest.mark.parametrize("late_after", ["task-received", "task-started"])
+def test_late_task_retried_leaves_the_next_attempt_on_another_worker_alone(
+        late_after: str) -> None:
+    """Attempt 0 on W1 retries; attempt 1 lands on W2 before W1's task-retried arrives
+    (issue 10, point 6): W2's prefetch gauge and the attempt's start time stay right."""
+    s = State()
+    online(s, W1)
+    online(s, W2)
+    events = [
+        ev("task-sent", T0, uuid="a", name="app.flaky", queue="default", retries=0, eta=None),
+        ev("task-received", T0 + 0.1, uuid="a", name="app.flaky", retries=0, eta=None),
+        ev("task-started", T0 + 0.2, uuid="a"),
+        ev("task-sent", T0 + 0.3, uuid="a", name="app.flaky", queue="default", retries=1,
+           eta=None, hostname="gen7@w1"),
+        ev("task-received", T0 + 0.4, uuid="a", name="app.flaky", retries=1, eta=None,
+           hostname=W2),
+    ]
+    if late_after == "task-started":
+        events.append(ev("task-started", T0 + 0.5, uuid="a", hostname=W2))
+    feed(s, [*events, ev("task-retried", T0 + 0.25, uuid="a", exception="IOError()")],
+         lag=0.01)
+    expected = 1 if late_after == "task-received" else 0
+    assert s.workers[W2].prefetched == expected
+    assert s.workers[W1].prefetched == 0
+    assert counter(s, m.TASK_RETRIED, "app.flaky", "default", W1) == 1
+    if late_after == "task-started":
+        feed(s, [ev("task-failed", T0 + 2.5, uuid="a", exception="KeyError()", hostname=W2)])
+        assert hist(s, m.RUNTIME, "app.flaky", "default") == (1, pytest.approx(2.0))
+
+
+@pytest.mark.parametrize("outcome", ["task-succeeded", "task-failed"])
+def test_terminal_event_sent_twice_is_counted_once(outcome: str) -> None:
+    """Celery re-sends its buffered events after a reconnect (issue 10, point 7)."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0, outcome=outcome)
+    feed(s, [*events, events[-1]])
+    metric = m.TASK_SUCCEEDED if outcome == "task-succeeded" else m.TASK_FAILED
+    key = ("app.add", "default", W1) + (() if outcome == "task-succeeded" else ("ValueError",))
+    assert counter(s, metric, *key) == 1
+    assert hist(s, m.RUNTIME, "app.add", "default")[0] == 1
+    assert s.duplicates[outcome] == 1
+
+
+def test_task_run_again_after_finishing_is_counted_again() -> None:
+    """A redelivered message (acks_late, lost ack) runs again: not a duplicate."""
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0))
+    feed(s, lifecycle("a", T0 + 5)[1:])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 2
+    assert not any(s.duplicates.values())
+
+
+def test_long_running_task_keeps_its_labels_past_the_ttl() -> None:
+    """Started tasks on a live worker are not evicted (issue 10, point 4)."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("long", T0)[:3])
+    for i in range(1, 60):  # a live worker: heartbeats keep it up for two hours
+        s.ingest([ev("worker-heartbeat", T0 + 120 * i, freq=60.0)], T0 + 120 * i)
+        s.tick(T0 + 120 * i)
+    assert "long" in s.tasks
+    feed(s, [ev("task-succeeded", T0 + 7200, uuid="long", runtime=7200.0)])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert counter(s, m.TASK_SUCCEEDED, "unknown", "unknown", W1) == 0
+
+
+def test_eta_task_stays_scheduled_past_the_ttl_while_its_worker_lives() -> None:
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    eta = iso(T0 + 7200)
+    feed(s, [ev("task-sent", T0, uuid="e", name="n", queue="q", retries=0, eta=eta),
+             ev("task-received", T0 + 0.1, uuid="e", name="n", retries=0, eta=eta)])
+    for i in range(1, 30):
+        s.ingest([ev("worker-heartbeat", T0 + 120 * i, freq=60.0)], T0 + 120 * i)
+        s.tick(T0 + 120 * i)
+    assert s.workers[W1].scheduled == 1
+    assert s.evicted["ttl"] == 0
+
+
+def test_evicted_task_is_still_counted_under_its_labels() -> None:
+    """A prefetched task past the TTL is evicted, but its labels are remembered."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("a", T0)[:2])
+    s.tick(T0 + 100)
+    assert s.evicted["ttl"] == 1
+    feed(s, [ev("task-revoked", T0 + 101, uuid="a", expired=True)])
+    assert counter(s, m.TASK_REVOKED, "app.add", "default", W1, "expired") == 1
+
+
+@pytest.mark.parametrize("runtime", [1.7e308, float("nan"), -1.0, 1e12])
+def test_runtime_outside_sane_bounds_is_counted_invalid_not_observed(runtime: float) -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0)[:3])
+    feed(s, [ev("task-succeeded", T0 + 1, uuid="a", runtime=runtime)])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+    assert hist(s, m.RUNTIME, "app.add", "default") == (0, 0.0)
+    assert s.invalid["value_out_of_range"] == 1
+
+
+@pytest.mark.parametrize("ts", [1e300, T0 + 10 * 86400, float("inf"), float("nan"), -1e300])
+def test_timestamps_far_ahead_of_the_receive_time_are_invalid(ts: float) -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0)[:1])
+    s.ingest([ev("task-started", ts, uuid="a")], T0 + 1)
+    assert s.invalid["timestamp_out_of_range"] == 1
+    assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (0, 0.0)
+    feed(s, [ev("task-started", T0 + 2, uuid="a")])
+    assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (1, pytest.approx(2.0))
+
+
+def test_one_stepped_heartbeat_does_not_set_the_hosts_offset() -> None:
+    """An NTP step: one heartbeat stamped 30 s ahead, one stamped 4.5 s fast, among beats
+    from a worker whose clock is 5 s behind. Neither sets the offset, waits stay right."""
+    s = State()
+    for i in range(5):
+        s.ingest([ev("worker-heartbeat", T0 + i - 5.0, freq=2.0)], T0 + i)
+    s.ingest([ev("worker-heartbeat", T0 + 5 + 30.0, freq=2.0)], T0 + 5)
+    s.ingest([ev("worker-heartbeat", T0 + 6 - 0.5, freq=2.0)], T0 + 6)
+    feed(s, [ev("task-sent", T0 + 7, uuid="a", name="n", queue="q", retries=0, eta=None)])
+    s.ingest([ev("task-started", T0 + 3, uuid="a")], T0 + 8)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, pytest.approx(1.0))
+    assert s.clamped[m.QUEUE_WAIT.key] == 0
+    assert s.clocks.estimates()["w1"] == pytest.approx(5.0)
+
+
+def test_series_remember_when_they_were_created() -> None:
+    s = State()
+    online(s)
+    feed(s, lifecycle("a", T0 + 5, outcome="task-failed"))
+    key = ("app.add", "default", W1, "ValueError")
+    assert s.counters[m.TASK_FAILED.key].created[key] == T0 + 5 + 0.8
+    feed(s, lifecycle("b", T0 + 50, outcome="task-failed"))
+    assert s.counters[m.TASK_FAILED.key].created[key] == T0 + 5 + 0.8
+
+
+def test_a_wall_clock_step_does_not_mark_workers_down() -> None:
+    """Liveness is judged on the monotonic clock: the wall clock jumping 10 s forward
+    (a VM resumed, an NTP step) is no silence. Driven through the pipeline, which reads
+    the monotonic clock itself while consumers pass the wall clock."""
+    import json
+    import time
+
+    from celery_events_exporter.pipeline import TICK_SECONDS, Pipeline
+
+    state = State()
+    pipeline = Pipeline(state)
+    t = time.time()
+    beat = {"type": "worker-heartbeat", "hostname": W1, "timestamp": t, "freq": 2.0}
+    pipeline.body(json.dumps(beat), "application/json", t)
+    time.sleep(TICK_SECONDS + 0.1)  # the next tick is due on the monotonic clock
+    pipeline.idle(t + 10.0)
+    assert state.workers[W1].up
+    assert state.workers[W1].last_seen == t, "the exported timestamp stays wall clock"
+
+
+def test_after_a_broker_gap_the_next_heartbeat_resets_phantom_prefetched_tasks() -> None:
+    """Tasks received before a disconnect that started or finished during it would sit in
+    the prefetch gauge until the TTL (issue 10, point 5)."""
+    s = State()
+    online(s)
+    feed(s, [ev("task-received", T0 + i, uuid=f"u{i}", name="n", retries=0, eta=None)
+             for i in range(3)])
+    assert s.workers[W1].prefetched == 3
+    s.broker_gap(T0 + 5)  # the pipeline: the connection came back after a gap
+    # Events published meanwhile were lost: u0 and u1 ran. A task received after the
+    # reconnect is no phantom.
+    feed(s, [ev("task-received", T0 + 20, uuid="fresh", name="n", retries=0, eta=None)])
+    assert s.workers[W1].prefetched == 4, "nothing is reset before the worker speaks"
+    feed(s, [ev("worker-heartbeat", T0 + 21, freq=2.0, active=1, processed=2)])
+    assert s.workers[W1].prefetched == 1
+    assert [(r.worker, r.prefetched, r.scheduled) for r in s.reconciled] == [(W1, 3, 0)]
+    feed(s, [ev("worker-heartbeat", T0 + 23, freq=2.0, active=1, processed=2)])
+    assert len(s.reconciled) == 1, "once per gap"
+    feed(s, [ev("task-started", T0 + 24, uuid="u2"), ev("task-started", T0 + 24, uuid="fresh")])
+    assert s.workers[W1].prefetched == 0, "a reset task that starts is not taken twice"
+
+
+def test_worker_restarted_unseen_drops_its_buffers() -> None:
+    """A worker-online lost (in a gap) shows as 'processed' going backwards."""
+    s = State()
+    online(s)
+    feed(s, [ev("worker-heartbeat", T0, freq=2.0, active=0, processed=40)])
+    eta = iso(T0 + 600)
+    feed(s, [ev("task-received", T0 + 1, uuid="e", name="n", retries=0, eta=eta),
+             ev("task-received", T0 + 1, uuid="p", name="n", retries=0, eta=None)])
+    feed(s, [ev("worker-heartbeat", T0 + 30, freq=2.0, active=0, processed=0)])
+    assert (s.workers[W1].prefetched, s.workers[W1].scheduled) == (0, 0)
+    assert [(r.worker, r.restarted) for r in s.reconciled] == [(W1, True)]
+
+
+def test_started_task_is_evicted_once_its_worker_reports_nothing_active() -> None:
+    """A started task protected from the TTL still goes when its end was lost: the
+    worker's heartbeat says it runs nothing."""
+    s = State(StateConfig(task_ttl=60))
+    online(s)
+    feed(s, lifecycle("lost", T0)[:3])
+    s.ingest([ev("worker-heartbeat", T0 + 100, freq=2.0, active=1)], T0 + 100)
+    s.tick(T0 + 100)
+    assert "lost" in s.tasks
+    s.ingest([ev("worker-heartbeat", T0 + 200, freq=2.0, active=0)], T0 + 200)
+    s.tick(T0 + 200)
+    assert "lost" not in s.tasks
+
+
+def test_the_pipeline_reconciles_after_a_reconnect_and_says_what_it_reset(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+    import time
+
+    from celery_events_exporter.pipeline import TICK_SECONDS, Pipeline
+
+    state = State()
+    pipeline = Pipeline(state)
+    t = time.time()
+
+    def send(kind: str, **fields: object) -> None:
+        event = {"type": kind, "hostname": W1, "timestamp": time.time(), **fields}
+        pipeline.body(json.dumps(event), "application/json", time.time())
+
+    pipeline.set_connected(True, t)
+    send("worker-online", freq=2.0)
+    send("task-received", uuid="a", name="n", retries=0, eta=None)
+    send("task-received", uuid="b", name="n", retries=0, eta=None)
+    pipeline.set_connected(False, t + 1)
+    pipeline.set_connected(True, t + 2)
+    send("worker-heartbeat", freq=2.0, active=0, processed=2)
+    assert state.workers[W1].prefetched == 0
+    time.sleep(TICK_SECONDS + 0.1)  # the next tick, which logs, is due
+    with caplog.at_level(logging.WARNING, logger="celery_events_exporter.pipeline"):
+        pipeline.idle(time.time())
+    assert f"worker {W1}: reset 2 prefetched" in caplog.text
+    assert not state.reconciled
+
+
+def test_started_sent_again_after_the_task_finished_is_a_duplicate() -> None:
+    """The event in flight when a worker's connection broke can be re-sent: a task-started
+    of a finished task, with no task-received before it, is not a new run."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0)
+    feed(s, [*events, events[2], events[3]])
+    key = ("app.add", "default", W1)
+    assert counter(s, m.TASK_STARTED, *key) == 1
+    assert counter(s, m.TASK_SUCCEEDED, *key) == 1
+    assert not s.tasks
+    assert s.duplicates["task-started"] == 1
+
+
+@pytest.mark.parametrize("freq", [1.7e308, float("inf"), float("nan"), 1e6])
+def test_heartbeat_interval_outside_sane_bounds_is_invalid(freq: float) -> None:
+    """freq=1e308 would make the worker's timeout infinite: never marked down."""
+    s = State()
+    s.ingest([ev("worker-heartbeat", T0, freq=freq)], T0)
+    s.tick(T0 + 5)
+    assert not s.workers[W1].up, "Celery's default interval (2 s) still applies"
+    assert s.invalid["value_out_of_range"] == 1
+
+
+def test_task_sent_after_the_whole_lifecycle_is_counted_and_not_tracked() -> None:
+    """A busy producer's task-sent can come after the worker's last event for the task."""
+    s = State()
+    online(s)
+    events = lifecycle("a", T0, queue="other")
+    feed(s, events[1:])
+    settle(s)
+    feed(s, events[:1])
+    assert counter(s, m.TASK_SENT, "app.add", "other") == 1
+    assert not any(s.invalid.values())
+    assert not s.tasks
+
+
+def test_a_clock_years_behind_is_corrected_not_rejected() -> None:
+    """A host that booted in 1970 (no RTC) still counts: offsets correct its clock."""
+    s = State()
+    behind = T0 - 1e9
+    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0)
+    s.ingest([ev("task-received", behind + 1, uuid="a", name="n", retries=0, eta=None)], T0 + 1)
+    s.ingest([ev("task-started", behind + 2, uuid="a")], T0 + 2)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, pytest.approx(2.0))
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (1, pytest.approx(1.0))
+    assert not any(s.invalid.values())
+
+
+def test_a_wait_of_more_than_a_year_is_invalid() -> None:
+    """One worker event stamped decades off among normal ones: no 1e9-second wait."""
+    s = State()
+    feed(s, [ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None),
+             ev("task-received", T0 + 0.1, uuid="a", name="n", retries=0, eta=None)])
+    s.ingest([ev("task-started", T0 + 1e9, uuid="a")], T0 + 1e9)
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (0, 0.0)
+    assert s.invalid["value_out_of_range"] >= 1
+
+
+def test_clock_offsets_are_exported_for_at_most_max_series_hosts() -> None:
+    s = State(StateConfig(max_series=10))
+    for i in range(15):  # one window
+        s.ingest([ev("worker-heartbeat", T0, hostname=f"celery@a{i}")], T0)
+    s.tick(T0 + 400)  # the window rolls: these are the previous window now
+    for i in range(15):
+        s.ingest([ev("worker-heartbeat", T0 + 400, hostname=f"celery@b{i}")], T0 + 400)
+    assert len(s.clocks.estimates()) == 10

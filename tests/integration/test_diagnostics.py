@@ -71,7 +71,10 @@ def test_events_disabled_detected_and_check_reports(
     code, text = exp_off.get("/readyz")
     assert code == 200 and "-E" in text, (code, text)
 
-    m = exp_on.scrape()
+    # A new series reads 0 on the first scrape that shows it (so rate() sees its first
+    # increment): wait for the value rather than take one scrape.
+    m = exp_on.wait(lambda m: m.total("celery_task_succeeded_total", worker=loud.node) > 0,
+                    "the loud worker's successes")
     assert m.value("celery_exporter_task_events_missing") == 0
     assert m.get("celery_worker_task_events_missing", worker=loud.node) == 0
     assert m.total("celery_task_succeeded_total", worker=loud.node) > 0

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from celery_events_exporter.collector import CeleryCollector
 from celery_events_exporter.ingest.kombu import amqp_on_message, kombu_on_message
 from celery_events_exporter.pipeline import Pipeline
-from celery_events_exporter.state import State, StateConfig
+from celery_events_exporter.state import EVENT_REASONS, State, StateConfig
 from tests.reliability.conftest import promtool_check
 
 MAX_BYTES = 4096  # small, so "oversized" payloads are cheap to generate
@@ -36,7 +36,7 @@ EXAMPLES = 800  # per test; each example carries several payloads
 
 DECODE_REASONS = {"oversized", "malformed_envelope", "content_type", "malformed_body",
                   "body_encoding", "malformed_json", "not_an_object"}
-STATE_REASONS = {"not_an_object", "missing_type", "bad_timestamp", "bad_field"}
+STATE_REASONS = set(EVENT_REASONS)
 
 UNPICKLED: list[str] = []
 
@@ -234,6 +234,8 @@ REDIS_SEEDS = {
     "missing_type": _envelope(b'[{"uuid": "s1", "timestamp": 1.7e9}]'),
     "bad_timestamp": _envelope(_event(timestamp="yesterday")),
     "bad_field": _envelope(_event(runtime="fast")),
+    "timestamp_out_of_range": _envelope(_event(timestamp=1e300)),
+    "value_out_of_range": _envelope(_event(runtime=1e300)),
 }
 AMQP_SEEDS = {
     "oversized": (b" " * (MAX_BYTES + 1), "application/json"),
@@ -243,6 +245,8 @@ AMQP_SEEDS = {
     "missing_type": (b'[{"type": null}]', "application/json"),
     "bad_timestamp": (_event(timestamp=[1]), "application/json"),
     "bad_field": (_event(runtime={"s": 1}), "application/json"),
+    "timestamp_out_of_range": (_event(timestamp=-1.0), "application/json"),
+    "value_out_of_range": (_event(runtime=-1.0), "application/json"),
 }
 
 
