@@ -1,6 +1,7 @@
-"""Conformance cases the exporter fails today, each a numbered point of issue 10 being fixed
-on another branch. Marked xfail(strict): the day the fix lands each one passes, strict turns
-that into a failure, and the marker is removed with the fix.
+"""Conformance cases for streams production brings (issue 10): a terminal event re-sent after
+a reconnect, more custom event types than the exporter keeps counters for, a task running
+longer than the in-flight TTL. Each failed before its fix; the exporter must agree with
+Celery's own State on each.
 
 Each test has its own exporter and reference consumer (the streams these tests publish would
 spoil the shared fleet's), started together, beside one worker of the newest Celery. Only
@@ -74,8 +75,6 @@ def run(fleet: Fleet, n: int, name: str = ADD, *args: object) -> list[str]:
     return ids
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 point 7: duplicate terminal events are "
-                   "counted twice")
 def test_duplicate_terminal_event_counted_once(pair: Fleet) -> None:
     """Celery's dispatcher re-sends its buffered events after a reconnect, so a task-succeeded
     can arrive twice. That reconnect cannot be timed from outside, so the duplicate is
@@ -94,8 +93,6 @@ def test_duplicate_terminal_event_counted_once(pair: Fleet) -> None:
     agree(pair, timeout=SETTLE, event_types=frozenset())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 point 3: once 64 event types have been "
-                   "seen, handled types are ignored")
 def test_many_custom_event_types_do_not_hide_task_events(pair: Fleet) -> None:
     app = dispatcher_app(pair.broker)
     try:
@@ -113,7 +110,6 @@ def test_many_custom_event_types_do_not_hide_task_events(pair: Fleet) -> None:
 
 
 @pytest.mark.exporter_args("--task-ttl", "2")
-@pytest.mark.xfail(strict=True, reason="issue 10 point 4: TTL eviction forgets labels")
 def test_task_running_longer_than_ttl_keeps_its_name(pair: Fleet) -> None:
     run(pair, 1, SLEEP, 4)
     agree(pair, timeout=SETTLE, event_types=frozenset())
