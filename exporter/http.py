@@ -12,10 +12,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, generate_latest
 
 from exporter import __version__
-from exporter.collector import generate_text
+from exporter.exposition import negotiate
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -111,9 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not found: see / for the endpoints\n")
 
     def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept"))
-        if encoder is generate_latest:  # the classic text format: same bytes, rendered fast
-            encoder = generate_text
+        encoder, content_type = negotiate(self.headers.get("Accept"))
         started = time.perf_counter()
         try:
             output = encoder(self.server.registry)
