@@ -267,12 +267,18 @@ def extras_lines(extras: list[dict]) -> list[str]:
         if r.get("error"):
             out.append(f"- {part}: FAILED ({r['error']})")
         elif part == "scrape":
+            formats = "; ".join(
+                f"{fmt} median {f['busy_median']} ms, p95 {f['busy_p95']} ms, max "
+                f"{f['busy_max']} ms, idle {f['idle_median']} ms"
+                + (f" ({f['busy_ratio_to_text']}x text busy, {f['idle_ratio_to_text']}x idle)"
+                   if "busy_ratio_to_text" in f else "")
+                for fmt, f in ((k, r[k]) for k in ("text", "prometheus-2", "prometheus-3")
+                               if k in r))
             out.append(
                 f"- scrape at {r['series']:,} series while ingesting "
-                f"({r['scrapes_during_ingest']} scrapes, publisher "
-                f"{r['published_events_per_s']:,.0f} ev/s): median "
-                f"{r['scrape_ms_busy_median']} ms, p95 {r['scrape_ms_busy_p95']} ms, max "
-                f"{r['scrape_ms_busy_max']} ms; idle {r['scrape_ms_idle_median']} ms; "
+                f"({r['scrapes_during_ingest']} rounds, one scrape per format each "
+                f"{r.get('scrape_interval_s', '-')} s, publisher "
+                f"{r['published_events_per_s']:,.0f} ev/s): {formats}; "
                 f"{r['metrics_bytes']:,} bytes; lost {r['lost']}; RSS {r['rss_mib']} MiB")
         elif part == "unfinished":
             out.append(
@@ -308,7 +314,8 @@ def extras_lines(extras: list[dict]) -> list[str]:
                 + ", ".join(f"{k[:-3]} {v}" for k, v in r.items() if k.endswith("_us"))
                 + f"; scrape at {r['series']:,} series: render {r['render_ms']} ms "
                 f"(prometheus_client's generate_latest {r['render_ms_client']} ms), "
-                f"pipeline lock held {r['lock_ms']} ms")
+                f"OpenMetrics {r.get('render_om_ms')} ms (prometheus_client's "
+                f"{r.get('render_om_ms_client')} ms), pipeline lock held {r['lock_ms']} ms")
     return out
 
 

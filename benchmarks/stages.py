@@ -16,8 +16,10 @@ replays the bytes through each stage of our ingest in turn and prints CPU µs pe
 
 and, for the scrape side, at ~11k series (50 task names x 3 queues x 4 workers):
 
-  render_ms           our /metrics text renderer (exporter.collector.generate_text)
+  render_ms           our /metrics text renderer (exporter.exposition.generate_text)
   render_ms_client    prometheus_client's generate_latest on the same registry
+  render_om_ms        our OpenMetrics renderer (exporter.exposition.generate_openmetrics)
+  render_om_ms_client prometheus_client's OpenMetrics generate_latest on the same registry
   lock_ms             how long a scrape holds the pipeline lock (what ingest waits for)
 
     .venv/bin/python benchmarks/stages.py -n 20000 [--multi 0] [--repeat 5]
@@ -39,9 +41,11 @@ import hiredis
 import orjson
 from _common import HARNESS, redis_server
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_om_client
 
-from exporter.collector import CeleryCollector, generate_text
+from exporter.collector import CeleryCollector
 from exporter.decode import decode_envelope
+from exporter.exposition import generate_openmetrics, generate_text
 from exporter.ingest.redis import FEED_SIZE, READ_SIZE
 from exporter.pipeline import Pipeline
 from exporter.state import State
@@ -136,6 +140,8 @@ def scrape_costs(repeat: int = 20) -> dict:
     assert text == generate_latest(registry)
     return {"series": sum(1 for line in text.splitlines() if not line.startswith(b"#")),
             "render_ms": best(generate_text), "render_ms_client": best(generate_latest),
+            "render_om_ms": best(generate_openmetrics),
+            "render_om_ms_client": best(generate_om_client),
             "lock_ms": round(sorted(holds)[len(holds) // 2] * 1000, 3)}
 
 
@@ -235,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline", "total"):
         print(f"  {key:<9} {res[key + '_us']:6.2f}")
     print(f"scrape at {res['series']:,} series: render {res['render_ms']} ms "
-          f"(prometheus_client: {res['render_ms_client']} ms), lock held {res['lock_ms']} ms")
+          f"(prometheus_client: {res['render_ms_client']} ms), OpenMetrics "
+          f"{res['render_om_ms']} ms (prometheus_client: {res['render_om_ms_client']} ms), "
+          f"lock held {res['lock_ms']} ms")
     return 0
 
 
