@@ -24,8 +24,9 @@ if str(REPO) not in sys.path:
 
 from tests.support.servers import free_port, redis_server, stop_pid  # noqa: E402
 
-__all__ = ["ACCEPT", "HARNESS", "REPO", "Exporter", "free_port", "load", "proc_stats",
-           "redis_server", "scrape", "series_count", "started", "stop_pid", "sum_metric"]
+__all__ = ["ACCEPT", "HARNESS", "REPO", "Exporter", "exporter_cmd", "free_port", "load",
+           "proc_stats", "redis_server", "scrape", "series_count", "started", "stop_pid",
+           "sum_metric"]
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)', re.M)
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
