@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The shared harness sits beside the repository (../shared/bench), in CI as here.
-HARNESS = Path(os.environ.get("CEE_BENCH_HARNESS", REPO.parent / "shared" / "bench"))
+# The side-by-side harness (compare.sh, measure.py, flood.py, ceiling.py, summarize.py),
+# kept in the repository; CEE_BENCH_HARNESS points elsewhere for a cross-check by hand.
+HARNESS = Path(os.environ.get("CEE_BENCH_HARNESS", REPO / "benchmarks" / "harness"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

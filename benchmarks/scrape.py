@@ -112,8 +112,10 @@ def run(n: int = 20000, names: int = 50, interval: float = 1.0, min_series: int 
     for fmt in ACCEPT:
         b = busy[fmt]
         res[fmt] = dict(
-            busy_median=b and round(statistics.median(b), 1), busy_p95=b and round(pct(b, 0.95), 1),
-            busy_max=b and round(max(b), 1), idle_median=round(statistics.median(idle[fmt]), 1),
+            busy_median=round(statistics.median(b), 1) if b else None,
+            busy_p95=round(pct(b, 0.95), 1) if b else None,  # type: ignore[arg-type]
+            busy_max=round(max(b), 1) if b else None,
+            idle_median=round(statistics.median(idle[fmt]), 1),
             bytes=sizes.get(fmt))
     for fmt in ("prometheus-2", "prometheus-3"):
         for when in ("busy_median", "idle_median"):
