@@ -80,7 +80,8 @@ class CeleryCollector:
         with self.pipeline.lock:
             counters = [(s.metric, s.data.copy(), created_times(s))
                         for s in state.counters.values()]
-            histograms = [(s.metric, s.bounds, s.data.copy(), created_times(s))
+            histograms = [(s.metric, s.bounds, s.data.copy(), created_times(s),
+                           s.exemplars.copy() if s.exemplars else None)
                           for s in state.histograms.values()]
             workers = [(w.label if not self.drop_worker else w.hostname, w.hostname, w.up,
                         w.active, w.prefetched, w.scheduled, w.last_seen, w.sw_ver, w.sw_ident,
@@ -109,11 +110,11 @@ class CeleryCollector:
                               data, static, worker_pos, self._text.setdefault(metric.key, {}),
                               created, since)
 
-        for metric, bounds, data, created in histograms:
+        for metric, bounds, data, created, exemplars in histograms:
             les = [*(self._go(b) for b in bounds), "+Inf"]
             yield TaskHistogram(metric.full(self.prefix), metric.help, self._labels(metric),
                                 data, static, les, self._text.setdefault(metric.key, {}),
-                                created, since)
+                                created, since, exemplars)
 
         yield from self._workers(workers, missing)
         yield from self._queues(workers)

@@ -6,7 +6,8 @@ one. The task families below render the same bytes straight from the state snaps
 string per series rather than per line. Those strings are kept between scrapes (label values
 of a series never change), for up to _CACHE_KEYS series per family, a few hundred bytes
 each: ~5 MiB at the very most. Both formats share them: a sample line reads the same in both,
-OpenMetrics adds a `_created` line per series, other HELP/TYPE names and `# EOF`.
+OpenMetrics adds a `_created` line per series, exemplars on histogram buckets (the task
+behind the latest observation in each bucket), other HELP/TYPE names and `# EOF`.
 
 Every other family (workers, queues, the exporter's own) is small and goes through
 prometheus_client's renderers, one family at a time.
@@ -169,7 +170,8 @@ class TaskCounter(_Lazy, CounterMetricFamily):
 class TaskHistogram(_Lazy, HistogramMetricFamily):
     def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
                  static: tuple[str, ...], les: list[str], cache: dict,
-                 created: dict | None = None, since: float = 0.0) -> None:
+                 created: dict | None = None, since: float = 0.0,
+                 exemplars: dict | None = None) -> None:
         self._rows = None
         HistogramMetricFamily.__init__(self, name, documentation, labels=labels)
         self._labelnames = tuple(labels)
@@ -178,6 +180,8 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
         self._cache = cache
         self._created = created
         self._since = since
+        # label key -> per bucket (task id, value, unix time) or None: the state's own
+        self.exemplars = exemplars or {}
         self._rows = data
 
     def _build(self, data: dict) -> None:  # type: ignore[override]
@@ -210,6 +214,7 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
         after = [i for i in order if names[i] > "le"]
         les = [f'le="{le}"' for le in self._les]
         static = self._static
+        exemplars = self.exemplars
         append = out.append
         cache = _trim(self._cache, data)
         room = _CACHE_KEYS - len(cache)
@@ -228,12 +233,19 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
                     room -= 1
             head, tail, count_prefix, sum_prefix = entry
             running = 0.0
-            for le, count in zip(les, cell, strict=False):
+            marks = exemplars.get(key) if openmetrics else None
+            for i, (le, count) in enumerate(zip(les, cell, strict=False)):
                 running += count
                 text = go.get(running)
                 if text is None:
                     text = go[running] = floatToGoString(running)
-                append(f"{head}{le}{tail}{text}\n")
+                mark = marks[i] if marks is not None else None
+                if mark is None:
+                    append(f"{head}{le}{tail}{text}\n")
+                else:  # the task behind the latest observation in this bucket
+                    task_id, value, when = mark
+                    append(f'{head}{le}{tail}{text} # {{task_id="{_escape(task_id)}"}} '
+                           f"{floatToGoString(value)} {when}\n")
             total = cell[-1]
             text = go.get(total)
             if text is None:

@@ -13,6 +13,7 @@ on one worker (prefetch wait, runtime) use that worker's clock alone.
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -31,6 +32,8 @@ _MAX_EVENT_TYPES = 64
 # Task ids, node names and task names longer than this are hostile (a uuid is 36 chars, a
 # node name `prefix@fqdn` fits in 320): never kept whole, so they cannot pin memory.
 _MAX_KEY = 320
+# OpenMetrics caps an exemplar's labels at 128 characters: task_id="<id>" must fit.
+_MAX_EXEMPLAR = 100
 _MAX_OFFSET_HOSTS = 10_000
 _FINISHED_CAP = 10_000
 EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field")
@@ -113,14 +116,18 @@ class Worker:
 class Series:
     """Counters and histograms for one metric: label tuple -> value, capped in size."""
 
-    __slots__ = ("bounds", "data", "dropped", "limit", "metric")
+    __slots__ = ("bounds", "data", "dropped", "exemplars", "limit", "metric")
 
-    def __init__(self, metric: m.Metric, limit: int, bounds: tuple[float, ...] = ()) -> None:
+    def __init__(self, metric: m.Metric, limit: int, bounds: tuple[float, ...] = (),
+                 exemplars: bool = False) -> None:
         self.metric = metric
         self.limit = limit
         self.bounds = bounds
         self.data: dict[tuple[str, ...], list[float]] = {}
         self.dropped = 0
+        # Histograms: the last (task id, value, time) observed per bucket, for OpenMetrics
+        # exemplars; one per bucket per series, the same keys as `data`.
+        self.exemplars: dict[tuple[str, ...], list] | None = {} if exemplars else None
 
     def inc(self, key: tuple[str, ...]) -> None:
         cell = self.data.get(key)
@@ -131,7 +138,7 @@ class Series:
             cell = self.data[key] = [0.0]
         cell[0] += 1
 
-    def observe(self, key: tuple[str, ...], value: float) -> None:
+    def observe(self, key: tuple[str, ...], value: float, task_id: object = None) -> None:
         # Cells hold per-bucket counts (non-cumulative, +Inf last) followed by the sum.
         cell = self.data.get(key)
         if cell is None:
@@ -139,12 +146,21 @@ class Series:
                 self.dropped += 1
                 return
             cell = self.data[key] = [0.0] * (len(self.bounds) + 2)
-        cell[bisect_left(self.bounds, value)] += 1
+        bucket = bisect_left(self.bounds, value)
+        cell[bucket] += 1
         cell[-1] += value
+        exemplars = self.exemplars
+        if exemplars is not None and type(task_id) is str and len(task_id) <= _MAX_EXEMPLAR:
+            row = exemplars.get(key)
+            if row is None:
+                row = exemplars[key] = [None] * (len(self.bounds) + 1)
+            row[bucket] = (task_id, value, time.time())
 
     def forget_worker(self, label: str, position: int) -> None:
         for key in [k for k in self.data if k[position] == label]:
             del self.data[key]
+            if self.exemplars is not None:
+                self.exemplars.pop(key, None)
 
 
 def parse_eta(value: object) -> float | None:
@@ -169,7 +185,7 @@ class State:
         self.workers: dict[str, Worker] = {}
         limit = cfg.max_series
         self.counters = {metric.key: Series(metric, limit) for metric in m.TASK_COUNTERS}
-        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric))
+        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), True)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
         self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
@@ -436,7 +452,7 @@ class State:
         if value is None:
             series.inc((*names, *tail))
         else:
-            series.observe(names, value)
+            series.observe(names, value, uuid)
 
     def _resolve(self, uuid: str) -> None:
         held = self._pending.pop(uuid, None)
@@ -452,16 +468,17 @@ class State:
             if value is None:
                 series.inc((*names, *tail))
             else:
-                series.observe(names, value)
+                series.observe(names, value, uuid)
 
-    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float) -> None:
+    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float,
+                      uuid: str) -> None:
         if names is None:
             return
         wait = started - sent
         if wait < 0:
             self.clamped[m.QUEUE_WAIT.key] += 1
             wait = 0.0
-        self._qwait.observe(names, wait)
+        self._qwait.observe(names, wait, uuid)
 
     def _new_attempt(self, task: Task, retries: object) -> None:
         if type(retries) is int and retries > task.retries:
@@ -506,7 +523,7 @@ class State:
             self._sent.inc(names)
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
-            self._observe_wait(names, task.started_at, task.sent)
+            self._observe_wait(names, task.started_at, task.sent, uuid)
             task.started_at = None
         if held is not None:
             self._resolve(uuid)

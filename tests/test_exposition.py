@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
 from exporter.exposition import (
     TaskCounter,
@@ -68,6 +68,8 @@ class _Reference:
             if isinstance(metric, TaskCounter | TaskHistogram):
                 samples, last = [], len(metric.samples) - 1
                 for i, s in enumerate(metric.samples):
+                    if s.name.endswith("_bucket"):
+                        s = s._replace(exemplar=_exemplar_for(metric, s.labels))
                     samples.append(s)
                     end = s.name.endswith("_total") if metric.type == "counter" else \
                         (s.name.endswith("_sum") or i == last)
@@ -77,6 +79,16 @@ class _Reference:
                 metric.samples = samples
             families.append(metric)
         return families
+
+
+def _exemplar_for(metric: TaskHistogram, labels: dict[str, str]) -> Exemplar | None:
+    names = metric._labelnames[:len(metric._labelnames) - len(metric._static)]
+    marks = metric.exemplars.get(tuple(labels[n] for n in names))
+    mark = marks[metric._les.index(labels["le"])] if marks else None
+    if mark is None:
+        return None
+    task_id, value, when = mark
+    return Exemplar({"task_id": task_id}, value, when)
 
 
 def _created_for(metric: TaskCounter | TaskHistogram, labels: dict[str, str]) -> float:
@@ -244,3 +256,19 @@ def test_cached_label_strings_are_the_same_bytes_on_the_next_scrape() -> None:
     registry = registry_for(*scenario())
     first = generate_openmetrics(registry)
     assert generate_text(registry) and generate_openmetrics(registry) == first
+
+
+def test_histogram_buckets_carry_the_latest_task_as_exemplar() -> None:
+    state = State()
+    feed(state, lifecycle("first", T0))  # runtime 0.5 s
+    feed(state, lifecycle("second", T0 + 5))  # the same bucket: replaces "first"
+    slow = lifecycle("slow", T0 + 9)
+    feed(state, [*slow[:3], slow[3] | {"runtime": 40.0}])
+    feed(state, lifecycle("x" * 101, T0 + 12))  # too long for an exemplar: counted only
+    text = generate_openmetrics(registry_for(Pipeline(state), ProbeResults())).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    marked = {(s.labels["le"], s.exemplar.labels["task_id"], s.exemplar.value)
+              for s in families["celery_task_runtime_seconds"].samples if s.exemplar}
+    assert marked == {("0.5", "second", 0.5), ("60.0", "slow", 40.0)}
+    assert "first" not in text and "x" * 101 not in text
+    assert " # {" not in generate_text(registry_for(Pipeline(state), ProbeResults())).decode()

@@ -112,3 +112,27 @@ def test_prometheus_ingests_the_openmetrics_scrape(redis_url: str) -> None:
             assert all(abs(float(s["value"][1]) - time.time()) < 600 for s in created)
             buckets = query(base, 'celery_task_runtime_seconds_bucket{le="+Inf"}')
             assert sum(float(s["value"][1]) for s in buckets) == 30
+
+
+def test_prometheus_stores_the_task_ids_of_bucket_exemplars(redis_url: str) -> None:
+    with exporter(redis_url, "--probe-interval", "0", "--no-inspect") as exp:
+        publish_tasks(redis_url, 12)
+        wait_until(lambda: exp.value("celery_task_succeeded_total") >= 12, 30,
+                   what="the exporter to count the tasks")
+        with prometheus(exp.port, "--enable-feature=exemplar-storage") as base:
+            wait_until(lambda: target(base)["health"] != "unknown", 60, what="a first scrape")
+            scraped_cleanly(base)
+
+            def exemplars() -> list[dict]:
+                reply = requests.get(f"{base}/api/v1/query_exemplars", timeout=10, params={
+                    "query": "celery_task_runtime_seconds_bucket",
+                    "start": time.time() - 600, "end": time.time() + 60})
+                reply.raise_for_status()
+                return reply.json()["data"]
+
+            series = wait_until(exemplars, 30, what="exemplars in Prometheus")
+            ids = {e["labels"]["task_id"] for s in series for e in s["exemplars"]}
+            # lifecycle(): every runtime is 0.5 s, one bucket per task name: the latest task
+            # of each of the 3 names is that bucket's exemplar.
+            assert ids == {"prom-9", "prom-10", "prom-11"}, series
+            assert {s["seriesLabels"]["le"] for s in series} == {"0.5"}
