@@ -234,18 +234,25 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
             head, tail, count_prefix, sum_prefix = entry
             running = 0.0
             marks = exemplars.get(key) if openmetrics else None
-            for i, (le, count) in enumerate(zip(les, cell, strict=False)):
-                running += count
-                text = go.get(running)
-                if text is None:
-                    text = go[running] = floatToGoString(running)
-                mark = marks[i] if marks is not None else None
-                if mark is None:
+            if marks is None:
+                for le, count in zip(les, cell, strict=False):
+                    running += count
+                    text = go.get(running)
+                    if text is None:
+                        text = go[running] = floatToGoString(running)
                     append(f"{head}{le}{tail}{text}\n")
-                else:  # the task behind the latest observation in this bucket
-                    task_id, value, when = mark
-                    append(f'{head}{le}{tail}{text} # {{task_id="{_escape(task_id)}"}} '
-                           f"{floatToGoString(value)} {when}\n")
+            else:
+                for le, count, mark in zip(les, cell, marks, strict=False):
+                    running += count
+                    text = go.get(running)
+                    if text is None:
+                        text = go[running] = floatToGoString(running)
+                    if mark is None:
+                        append(f"{head}{le}{tail}{text}\n")
+                    else:  # the task behind the latest observation in this bucket
+                        task_id, value, when = mark
+                        append(f'{head}{le}{tail}{text} # {{task_id="{_escape(task_id)}"}} '
+                               f"{floatToGoString(value)} {when}\n")
             total = cell[-1]
             text = go.get(total)
             if text is None:
@@ -275,8 +282,10 @@ _EOF = "# EOF\n"
 
 def _generic(metric: Metric, openmetrics: bool = False) -> str:
     if openmetrics:
-        text = om.generate_latest(_One(metric)).decode("utf-8")  # type: ignore[arg-type]
-        return text[:-len(_EOF)]
+        # Its default (underscores) escaping walks every sample name a character at a time
+        # in Python; allow-utf-8 gives the same bytes for valid legacy names like ours.
+        text = om.generate_latest(_One(metric), escaping=om.ALLOWUTF8)  # type: ignore[arg-type]
+        return text.decode("utf-8")[:-len(_EOF)]
     return generate_latest(_One(metric)).decode("utf-8")  # type: ignore[arg-type]
 
 
