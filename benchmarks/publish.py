@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A configurable Celery event publisher for the runs the shared flood.py does not cover.
+"""A configurable Celery event publisher for the runs the harness' flood.py does not cover.
 
-flood.py (the shared harness) stays the publisher of the side-by-side table. This one adds
+harness/flood.py stays the publisher of the side-by-side table. This one adds
 what the extra runs need: many task names (to reach 10k series), tasks that never finish
 (no terminal event), an AMQP broker, and a pace.
 
