@@ -38,7 +38,7 @@ def exporter_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("celery-events-exporter")
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "exporter.cli"]
+    return [sys.executable, "-m", "celery_events_exporter.cli"]
 
 
 # What each Prometheus sends (see exporter/exposition.py); None: no Accept header (text).

@@ -19,12 +19,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from exporter import __version__
-from exporter import metrics as m
-from exporter.exposition import TaskCounter, TaskHistogram, created_times
-from exporter.exposition import generate_text as generate_text  # callers import it from here
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
+from celery_events_exporter import __version__
+from celery_events_exporter import metrics as m
+from celery_events_exporter.exposition import TaskCounter, TaskHistogram, created_times
+from celery_events_exporter.exposition import (
+    generate_text as generate_text,  # callers import it from here
+)
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
 
 
 @dataclass(slots=True)

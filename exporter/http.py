@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__
-from exporter.exposition import negotiate
-from exporter.webconfig import WebConfig
+from celery_events_exporter import __version__
+from celery_events_exporter.exposition import negotiate
+from celery_events_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar, Sample
 
-from exporter.exposition import (
+from celery_events_exporter.exposition import (
     TaskCounter,
     TaskHistogram,
     created_times,
@@ -20,10 +20,10 @@ from exporter.exposition import (
     generate_text,
     negotiate,
 )
-from exporter.http import ExporterServer, serve
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
-from exporter.state import State
+from celery_events_exporter.http import ExporterServer, serve
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.state import State
 from tests.support.servers import free_port
 from tests.test_collector import registry_for, scenario
 from tests.test_state import T0, feed, lifecycle

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from exporter.config import Config
-from exporter.ingest import redis as redis_ingest
-from exporter.ingest.redis import RedisConsumer
-from exporter.pipeline import Pipeline
-from exporter.state import State
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest import redis as redis_ingest
+from celery_events_exporter.ingest.redis import RedisConsumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State
 from tests.support.events import envelope, publish
 from tests.support.servers import redis_server
 
