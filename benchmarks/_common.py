@@ -17,15 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The shared harness sits beside the repository (../shared/bench), in CI as here.
-HARNESS = Path(os.environ.get("CEE_BENCH_HARNESS", REPO.parent / "shared" / "bench"))
+# The side-by-side harness (compare.sh, measure.py, flood.py, ceiling.py, summarize.py),
+# kept in the repository; CEE_BENCH_HARNESS points elsewhere for a cross-check by hand.
+HARNESS = Path(os.environ.get("CEE_BENCH_HARNESS", REPO / "benchmarks" / "harness"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.servers import free_port, redis_server, stop_pid  # noqa: E402
 
-__all__ = ["HARNESS", "REPO", "Exporter", "free_port", "load", "proc_stats", "redis_server",
-           "scrape", "series_count", "started", "stop_pid", "sum_metric"]
+__all__ = ["ACCEPT", "HARNESS", "REPO", "Exporter", "exporter_cmd", "free_port", "load",
+           "proc_stats", "redis_server", "scrape", "series_count", "started", "stop_pid",
+           "sum_metric"]
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)', re.M)
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -39,10 +41,23 @@ def exporter_cmd() -> list[str]:
     return [sys.executable, "-m", "celery_events_exporter.cli"]
 
 
-def scrape(url: str, timeout: float = 30.0) -> tuple[str, float]:
+# What each Prometheus sends (see exporter/exposition.py); None: no Accept header (text).
+ACCEPT = {
+    "text": None,
+    "prometheus-2": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "prometheus-3": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+                    "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;"
+                    "version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,"
+                    "*/*;q=0.2",
+}
+
+
+def scrape(url: str, timeout: float = 30.0, accept: str | None = None) -> tuple[str, float]:
     """Body and latency in seconds."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     t = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with urllib.request.urlopen(request, timeout=timeout) as r:
         body = r.read()
     return body.decode("utf-8", "replace"), time.perf_counter() - t
 

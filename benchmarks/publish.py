@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A configurable Celery event publisher for the runs the shared flood.py does not cover.
+"""A configurable Celery event publisher for the runs the harness' flood.py does not cover.
 
-flood.py (the shared harness) stays the publisher of the side-by-side table. This one adds
+harness/flood.py stays the publisher of the side-by-side table. This one adds
 what the extra runs need: many task names (to reach 10k series), tasks that never finish
 (no terminal event), an AMQP broker, and a pace.
 
@@ -135,23 +135,16 @@ def via_celery(a: argparse.Namespace) -> int:
     return sent
 
 
-def via_raw(a: argparse.Namespace) -> int:
-    import redis
-
-    r = redis.Redis.from_url(a.broker)
-    db = r.connection_pool.connection_kwargs.get("db", 0)
-    pids: dict[str, int] = {}
-    clocks: dict[str, int] = {}
+def raw_messages(a: argparse.Namespace, db: int = 0):
+    """(channel, payload) of every event: the exact kombu envelope (JSON, base64 body)."""
     import orjson  # compact JSON; kombu's reader takes any JSON, and this keeps up
 
+    pids: dict[str, int] = {}
+    clocks: dict[str, int] = {}
     dumps = orjson.dumps
     b64 = base64.b64encode
     tag = uuidlib.uuid4().hex[:24]
-    pipe = r.pipeline(transaction=False)
-    queued = sent = 0
-    deadline = time.time() + a.max_seconds
-    t0 = time.time()
-    for host, kind, fields in plan(a):
+    for count, (host, kind, fields) in enumerate(plan(a)):
         pid = pids.setdefault(host, 1000 + len(pids))
         clocks[host] = clock = clocks.get(host, 0) + 1
         ts = fields.pop("timestamp", None) or time.time()
@@ -165,8 +158,21 @@ def via_raw(a: argparse.Namespace) -> int:
                            "delivery_info": {"exchange": "celeryev", "routing_key": key},
                            "priority": 0, "body_encoding": "base64",
                            "delivery_tag": f"{tag[:8]}-{tag[8:12]}-{tag[12:16]}-"
-                                           f"{tag[16:20]}-{tag[20:]}{sent + queued:012x}"}}
-        pipe.publish(f"/{db}.celeryev/{key}", dumps(envelope))
+                                           f"{tag[16:20]}-{tag[20:]}{count:012x}"}}
+        yield f"/{db}.celeryev/{key}", dumps(envelope)
+
+
+def via_raw(a: argparse.Namespace) -> int:
+    import redis
+
+    r = redis.Redis.from_url(a.broker)
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    pipe = r.pipeline(transaction=False)
+    queued = sent = 0
+    deadline = time.time() + a.max_seconds
+    t0 = time.time()
+    for channel, payload in raw_messages(a, db):
+        pipe.publish(channel, payload)
         queued += 1
         if queued >= a.pipeline:
             pipe.execute()

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """The benchmark of docs/performance.md: ours against the peers, one run, one table.
 
-Reuses the shared harness beside the repository (../shared/bench: compare.sh, measure.py,
-flood.py, summarize.py) and adds what it lacks:
+Drives the side-by-side harness in benchmarks/harness (compare.sh, measure.py, flood.py,
+ceiling.py, summarize.py; CEE_BENCH_HARNESS=DIR runs another copy of it instead, e.g. the
+shared one, as a cross-check by hand) and adds what it lacks:
 
   compare     compare.sh: every peer and ours, --runs rounds, Redis pub/sub unlimited
   default     compare.sh --redis-default: publisher flat out, Redis' default pub/sub
               output buffer limits (a slow subscriber is disconnected and loses events)
   burst       measure.py --burst for ours: the exporter is stopped while the flood
               is published, then drains it: events/s on one core, CPU per event
-  scrape      scrape.py: /metrics latency at >= 10k series while ingesting
+  paced       paced.py: one event per Redis message at 500 and 2,000 events/s, ours and
+              the peers side by side (A, and C the bare redis-py loop), CPU per event
+  scrape      scrape.py: /metrics latency at >= 10k series while ingesting, in the text
+              format and as Prometheus 2.x and 3.x ask (OpenMetrics), side by side
   unfinished  unfinished.py: RSS with 1M tasks that never finish (in-flight cap)
   amqp        amqp_path.py: the kombu path on a private RabbitMQ, CPU per event (live
               and draining a backlog)
@@ -48,8 +52,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import HARNESS, REPO, free_port, load, redis_server
 
-PARTS = ("compare", "default", "burst", "scrape", "unfinished", "amqp", "disconnect", "stages",
-         "profile")
+PARTS = ("compare", "default", "burst", "paced", "scrape", "unfinished", "amqp", "disconnect",
+         "stages", "profile")
 CACHE = Path(os.environ.get("CEE_BENCH_CACHE",
                             Path.home() / ".cache" / "celery-events-exporter" / "venvs"))
 # The same pins as the harness' compare.sh (peer A only starts with its own lock).
@@ -66,13 +70,16 @@ LABELS = {
 }
 SIZES = {
     "full": dict(n=100_000, runs=3, default_n=100_000, peers="A B C",
-                 parts="compare,default,burst,scrape,unfinished,amqp,disconnect,stages,profile",
-                 burst_n=100_000, scrape_n=40_000, unfinished_n=1_000_000,
+                 parts="compare,default,burst,paced,scrape,unfinished,amqp,disconnect,stages,"
+                       "profile",
+                 burst_n=100_000, paced_n=30, scrape_n=60_000, unfinished_n=1_000_000,
                  unfinished_cap=100_000, amqp_n=50_000, disconnect_n=40_000,
                  stages_n=20_000, profile_n=100_000),
-    "tiny": dict(n=2_000, runs=1, default_n=2_000, peers="", parts="compare,scrape,unfinished",
-                 burst_n=2_000, scrape_n=2_000, unfinished_n=20_000, unfinished_cap=5_000,
-                 amqp_n=2_000, disconnect_n=4_000, stages_n=2_000, profile_n=2_000),
+    "tiny": dict(n=2_000, runs=1, default_n=2_000, peers="",
+                 parts="compare,paced,scrape,unfinished",
+                 burst_n=2_000, paced_n=3, scrape_n=2_000, unfinished_n=20_000,
+                 unfinished_cap=5_000, amqp_n=2_000, disconnect_n=4_000, stages_n=2_000,
+                 profile_n=2_000),
 }
 
 
@@ -145,11 +152,19 @@ def burst(work: Path, n: int) -> None:
                            timeout=1800)
 
 
-def extra(work: Path, part: str, n: int, cap: int = 100_000) -> None:
+def extra(work: Path, part: str, n: int, cap: int = 100_000, peers: str = "") -> None:
     log(f"{part} -n {n}")
     logfile = str(work / "logs" / f"ours-{part}.log")
     (work / "logs").mkdir(exist_ok=True)
     try:
+        if part == "paced":
+            import paced
+            peer_a = (str(ensure_venv(*PEER_VENVS["A"]) / "bin" / "python")
+                      if "A" in peers.split() else None)
+            for r in paced.run([500.0, 2000.0], float(n), peer_a, "C" in peers.split(),
+                               log=logfile):
+                _append(work / "extras.jsonl", r)
+            return
         if part == "scrape":
             import scrape
             row = scrape.run(n=n, log=logfile)
@@ -260,19 +275,56 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value in (None, []) else str(value)
+
+
+def paced_table(extras: list[dict]) -> list[str]:
+    rows = [r for r in extras if r.get("part") == "paced" and not r.get("error")]
+    if not rows:
+        return []
+    lines = ["| events/s, one per message | system | CPU µs/event | CPU vs ours | "
+             "published ev/s | lost tasks | subscriber dropped | RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for rate in sorted({r["rate"] for r in rows}):
+        at = [r for r in rows if r["rate"] == rate]
+        ours = _med([r["cpu_us_per_event"] for r in at if r["label"] == "ours"])
+        for label in sorted({r["label"] for r in at},
+                            key=lambda x: list(LABELS).index(x) if x in LABELS else 99):
+            rs = [r for r in at if r["label"] == label]
+            cpu = [r["cpu_us_per_event"] for r in rs]
+            lines.append("| " + " | ".join([
+                f"{rate:,.0f}", LABELS.get(label, label), _rng(cpu, "{:,.1f}"),
+                "1.0x" if label == "ours" else _ratio(_med(cpu), ours),
+                _rng([r["published_events_per_s"] for r in rs]),
+                _rng([r["lost_tasks"] for r in rs]),
+                ",".join("yes" if r["subscriber_dropped"] else "no" for r in rs),
+                _rng([r["rss_mib"] for r in rs], "{:,.1f}")]) + " |")
+    return ["Everyday rates (paced.py: one event per Redis message, evenly paced, Redis' "
+            "default pub/sub limits):", "", *lines, ""]
+
+
 def extras_lines(extras: list[dict]) -> list[str]:
     out = []
     for r in extras:
         part = r.get("part")
+        if part == "paced" and not r.get("error"):
+            continue  # in its own table
         if r.get("error"):
             out.append(f"- {part}: FAILED ({r['error']})")
         elif part == "scrape":
+            formats = "; ".join(
+                f"{fmt} median {_ms(f['busy_median'])} ms, p95 {_ms(f['busy_p95'])} ms, max "
+                f"{_ms(f['busy_max'])} ms, idle {f['idle_median']} ms"
+                + (f" ({f['busy_ratio_to_text']}x text busy, {f['idle_ratio_to_text']}x idle)"
+                   if "busy_ratio_to_text" in f else "")
+                for fmt, f in ((k, r[k]) for k in ("text", "prometheus-2", "prometheus-3")
+                               if k in r))
             out.append(
                 f"- scrape at {r['series']:,} series while ingesting "
-                f"({r['scrapes_during_ingest']} scrapes, publisher "
-                f"{r['published_events_per_s']:,.0f} ev/s): median "
-                f"{r['scrape_ms_busy_median']} ms, p95 {r['scrape_ms_busy_p95']} ms, max "
-                f"{r['scrape_ms_busy_max']} ms; idle {r['scrape_ms_idle_median']} ms; "
+                f"({r['scrapes_during_ingest']} rounds, one scrape per format each "
+                f"{r.get('scrape_interval_s', '-')} s, publisher "
+                f"{r['published_events_per_s']:,.0f} ev/s): {formats}; "
                 f"{r['metrics_bytes']:,} bytes; lost {r['lost']}; RSS {r['rss_mib']} MiB")
         elif part == "unfinished":
             out.append(
@@ -308,7 +360,8 @@ def extras_lines(extras: list[dict]) -> list[str]:
                 + ", ".join(f"{k[:-3]} {v}" for k, v in r.items() if k.endswith("_us"))
                 + f"; scrape at {r['series']:,} series: render {r['render_ms']} ms "
                 f"(prometheus_client's generate_latest {r['render_ms_client']} ms), "
-                f"pipeline lock held {r['lock_ms']} ms")
+                f"OpenMetrics {r.get('render_om_ms')} ms (prometheus_client's "
+                f"{r.get('render_om_ms_client')} ms), pipeline lock held {r['lock_ms']} ms")
     return out
 
 
@@ -333,7 +386,8 @@ def report(work: Path, started: dict) -> str:
         "median [min-max] over runs.",
         "",
     ]
-    text = "\n".join([*head, *table(results), "", *extras_lines(extras), ""])
+    text = "\n".join([*head, *table(results), "", *paced_table(extras),
+                      *extras_lines(extras), ""])
     (work / "report.md").write_text(text)
     return text
 
@@ -359,13 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if not (HARNESS / "compare.sh").exists():
-        p.error(f"the shared harness is missing: {HARNESS}/compare.sh")
+        p.error(f"the harness is missing: {HARNESS}/compare.sh")
     work = Path(a.out or REPO / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S"))
     work = work.resolve()
     redis_v = subprocess.run(["redis-server", "--version"], capture_output=True,
                              text=True).stdout.split(" sha=")[0]
     started = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": load(), "redis": redis_v}
-    prepare_work(work, cfg["peers"] if {"compare", "default"} & set(parts) else "")
+    prepare_work(work, cfg["peers"] if {"compare", "default", "paced"} & set(parts) else "")
     for part in parts:
         if part == "compare":
             compare(work, cfg["n"], cfg["runs"], cfg["peers"], False)
@@ -374,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "burst":
             burst(work, cfg["burst_n"])
         else:
-            extra(work, part, cfg[f"{part}_n"], cfg["unfinished_cap"])
+            extra(work, part, cfg[f"{part}_n"], cfg["unfinished_cap"], cfg["peers"])
     print(report(work, started))
     return 0
 

@@ -11,13 +11,16 @@ replays the bytes through each stage of our ingest in turn and prints CPU µs pe
   base64    binascii.a2b_base64 of the body
   event     orjson.loads of the event body
   decode    exporter.decode.decode_envelope (envelope + checks + base64 + event)
-  state     State.ingest of the decoded events
+  state     State.ingest of the decoded events (state_no_exemplars: the same without
+            keeping a task id per histogram bucket, to show what exemplars cost)
   pipeline  Pipeline.envelopes (lock + decode + state), what the consumer calls
 
 and, for the scrape side, at ~11k series (50 task names x 3 queues x 4 workers):
 
-  render_ms           our /metrics text renderer (exporter.collector.generate_text)
+  render_ms           our /metrics text renderer (exporter.exposition.generate_text)
   render_ms_client    prometheus_client's generate_latest on the same registry
+  render_om_ms        our OpenMetrics renderer (exporter.exposition.generate_openmetrics)
+  render_om_ms_client prometheus_client's OpenMetrics generate_latest on the same registry
   lock_ms             how long a scrape holds the pipeline lock (what ingest waits for)
 
     .venv/bin/python benchmarks/stages.py -n 20000 [--multi 0] [--repeat 5]
@@ -39,9 +42,11 @@ import hiredis
 import orjson
 from _common import HARNESS, redis_server
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_om_client
 
-from celery_events_exporter.collector import CeleryCollector, generate_text
+from celery_events_exporter.collector import CeleryCollector
 from celery_events_exporter.decode import decode_envelope
+from celery_events_exporter.exposition import generate_openmetrics, generate_text
 from celery_events_exporter.ingest.redis import FEED_SIZE, READ_SIZE
 from celery_events_exporter.pipeline import Pipeline
 from celery_events_exporter.state import State
@@ -137,6 +142,8 @@ def scrape_costs(repeat: int = 20) -> dict:
     assert text == generate_latest(registry)
     return {"series": sum(1 for line in text.splitlines() if not line.startswith(b"#")),
             "render_ms": best(generate_text), "render_ms_client": best(generate_latest),
+            "render_om_ms": best(generate_openmetrics),
+            "render_om_ms_client": best(generate_om_client),
             "lock_ms": round(sorted(holds)[len(holds) // 2] * 1000, 3)}
 
 
@@ -213,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         for evs in decoded:
             ingest(evs, now)
 
+    def state_no_exemplars() -> None:  # what keeping exemplars costs: state minus this
+        s = State()
+        for series in s.histograms.values():
+            series.exemplars = None
+        ingest = s.ingest
+        for evs in decoded:
+            ingest(evs, now)
+
     def pipeline() -> None:
         pl = Pipeline(State())
         env = pl.envelopes
@@ -223,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
            "bytes_per_message": round(len(raw) / max(len(msgs), 1))}
     for name, fn in (("resp", resp), ("resp_whole", resp_whole), ("envelope", envelope),
                      ("base64", base64), ("event", event), ("decode", decode),
-                     ("state", state), ("pipeline", pipeline)):
+                     ("state", state), ("state_no_exemplars", state_no_exemplars),
+                     ("pipeline", pipeline)):
         res[f"{name}_us"] = round(timed(fn, a.repeat) / n_events * 1e6, 2)
     res["total_us"] = round(res["resp_us"] + res["pipeline_us"], 2)
     res.update(scrape_costs())
@@ -233,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(msgs):,} messages, {n_events:,} events, {res['bytes_per_message']} B/message "
           f"(multi={a.multi}); best of {a.repeat}, CPU µs per event:")
     for key in ("resp", "resp_whole", "envelope", "base64", "event", "decode", "state",
-                "pipeline", "total"):
-        print(f"  {key:<9} {res[key + '_us']:6.2f}")
+                "state_no_exemplars", "pipeline", "total"):
+        print(f"  {key:<18} {res[key + '_us']:6.2f}")
     print(f"scrape at {res['series']:,} series: render {res['render_ms']} ms "
-          f"(prometheus_client: {res['render_ms_client']} ms), lock held {res['lock_ms']} ms")
+          f"(prometheus_client: {res['render_ms_client']} ms), OpenMetrics "
+          f"{res['render_om_ms']} ms (prometheus_client: {res['render_om_ms_client']} ms), "
+          f"lock held {res['lock_ms']} ms")
     return 0
 
 

@@ -15,14 +15,16 @@ import kombu
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from celery_events_exporter import __version__
 from celery_events_exporter import metrics as m
+from celery_events_exporter.exposition import TaskCounter, TaskHistogram
+from celery_events_exporter.exposition import (
+    generate_text as generate_text,  # callers import it from here
+)
 from celery_events_exporter.pipeline import Pipeline
 from celery_events_exporter.probes import ProbeResults
 
@@ -103,7 +105,8 @@ class CeleryCollector:
             cutoff = state.stamp.mono - state.config.new_series_delay
             counters = [(s.metric, s.data.copy(), s.take_fresh(cutoff), s.created)
                         for s in state.counters.values()]
-            histograms = [(s.metric, s.bounds, s.data.copy(), s.take_fresh(cutoff), s.created)
+            histograms = [(s.metric, s.bounds, s.data.copy(), s.take_fresh(cutoff), s.created,
+                           s.exemplars.copy())
                           for s in state.histograms.values()]
             workers = [_WorkerRow(w.label if not self.drop_worker else w.hostname,
                                   w.hostname, w.up, w.active, w.prefetched, w.scheduled,
@@ -122,22 +125,23 @@ class CeleryCollector:
             missing = state.task_events_missing
             connected, reconnects = self.pipeline.connected, self.pipeline.reconnects
         static = self.static_values
+        since = self.pipeline.started
 
         # The task families hold up to max_series label sets each: they render their own
-        # text (see `generate_text`) and build prometheus_client samples only when asked.
+        # text (see exporter.exposition) and build prometheus_client samples only when asked.
         for metric, data, zero, created in counters:
             worker_pos = -1
             if self.drop_worker and "worker" in metric.labels:
                 worker_pos = metric.labels.index("worker")
-            yield _TaskCounter(metric.family(self.prefix), metric.help, self._labels(metric),
-                               data, static, worker_pos, self._text.setdefault(metric.key, {}),
-                               zero, created)
+            yield TaskCounter(metric.family(self.prefix), metric.help, self._labels(metric),
+                              data, static, worker_pos, self._text.setdefault(metric.key, {}),
+                              created, since, zero)
 
-        for metric, bounds, data, zero, created in histograms:
+        for metric, bounds, data, zero, created, exemplars in histograms:
             les = [*(self._go(b) for b in bounds), "+Inf"]
-            yield _TaskHistogram(metric.full(self.prefix), metric.help, self._labels(metric),
-                                 data, static, les, self._text.setdefault(metric.key, {}),
-                                 zero, created)
+            yield TaskHistogram(metric.full(self.prefix), metric.help, self._labels(metric),
+                                data, static, les, self._text.setdefault(metric.key, {}),
+                                created, since, exemplars, zero)
 
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
@@ -266,219 +270,3 @@ class CeleryCollector:
                 last_success.add_metric(key, last_ok)
             errors.add_metric(key, errs)
         yield from (duration, success, errors, last_success)
-
-
-
-# -- fast text rendering -------------------------------------------------------------------
-#
-# prometheus_client's generate_latest spends ~7 µs per sample (label sorting, escaping and
-# name checks per line): ~80 ms at 10k series. The task families below render the same
-# bytes straight from the state snapshot, a label string per series rather than per line.
-# Those strings are kept between scrapes (label values of a series never change), for up
-# to _CACHE_KEYS series per family, a few hundred bytes each: ~5 MiB at the very most.
-
-_CACHE_KEYS = 2048
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-    return value
-
-
-def _help_line(name: str, documentation: str, kind: str) -> str:
-    doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
-
-
-class _Lazy:
-    """A family whose samples are built on first access; `render` writes its text directly."""
-
-    _rows: object
-
-    @property
-    def samples(self) -> list:  # type: ignore[override]
-        if self._rows is not None:
-            rows, self._rows = self._rows, None
-            self._build(rows)
-        return self._samples
-
-    @samples.setter
-    def samples(self, value: list) -> None:
-        self._samples = value
-
-    def _build(self, rows: object) -> None:
-        raise NotImplementedError
-
-    def render(self, out: list[str], go: dict[float, str]) -> None:
-        raise NotImplementedError
-
-
-class _TaskCounter(_Lazy, CounterMetricFamily):
-    """A task counter family. `created` maps a series key (the state's label tuple) to the
-    series' creation time (unix seconds), for OpenMetrics `_created`; read it with `.get`
-    (it is the state's live dict). Series in `zero` are shown at 0 this scrape."""
-
-    def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], worker_pos: int, cache: dict,
-                 zero: set | None = None, created: dict | None = None) -> None:
-        self._rows = None
-        CounterMetricFamily.__init__(self, name, documentation, labels=labels)
-        self._labelnames = tuple(labels)
-        self._static = static
-        self._worker_pos = worker_pos
-        self._cache = cache
-        self.zero = zero or set()
-        self.created = created if created is not None else {}
-        self._rows = data
-
-    def _values(self, key: tuple[str, ...]) -> tuple[str, ...]:
-        pos = self._worker_pos
-        if pos >= 0:
-            return (*key[:pos], *key[pos + 1:], *self._static)
-        return (*key, *self._static)
-
-    def _build(self, data: dict) -> None:  # type: ignore[override]
-        add = super().add_metric
-        zero = self.zero
-        for key, cell in data.items():
-            add(list(self._values(key)), 0.0 if key in zero else cell[0])
-
-    def render(self, out: list[str], go: dict[float, str]) -> None:
-        data = self._rows
-        if data is None:  # samples were built (or added by hand): the generic way
-            out.append(_generic(self))
-            return
-        sample = self.name + "_total"
-        out.append(_help_line(sample, self.documentation, "counter"))
-        names = self._labelnames
-        order = sorted(range(len(names)), key=names.__getitem__)
-        heads = [f'{names[i]}="' for i in order]
-        values = self._values
-        append = out.append
-        cache = _trim(self._cache, data)
-        room = _CACHE_KEYS - len(cache)
-        zero = self.zero
-        for key, cell in data.items():
-            prefix = cache.get(key)
-            if prefix is None:
-                vals = values(key)
-                labels = ",".join([h + _escape(vals[i]) + '"'
-                                   for h, i in zip(heads, order, strict=True)])
-                prefix = f"{sample}{{{labels}}} " if labels else f"{sample} "
-                if room > 0:
-                    cache[key] = prefix
-                    room -= 1
-            value = cell[0] if key not in zero else 0.0
-            text = go.get(value)
-            if text is None:
-                text = go[value] = floatToGoString(value)
-            append(f"{prefix}{text}\n")
-
-
-class _TaskHistogram(_Lazy, HistogramMetricFamily):
-    """A task histogram family; `created` and `zero` as for _TaskCounter."""
-
-    def __init__(self, name: str, documentation: str, labels: list[str], data: dict,
-                 static: tuple[str, ...], les: list[str], cache: dict,
-                 zero: set | None = None, created: dict | None = None) -> None:
-        self._rows = None
-        HistogramMetricFamily.__init__(self, name, documentation, labels=labels)
-        self._labelnames = tuple(labels)
-        self._static = static
-        self._les = les
-        self._cache = cache
-        self.zero = zero or set()
-        self.created = created if created is not None else {}
-        self._rows = data
-
-    def _build(self, data: dict) -> None:  # type: ignore[override]
-        les, static = self._les, self._static
-        add = super().add_metric
-        zero = self.zero
-        for key, cell in data.items():
-            if key in zero:
-                cell = [0.0] * len(cell)
-            running = 0.0
-            buckets = []
-            for le, count in zip(les, cell, strict=False):
-                running += count
-                buckets.append((le, running))
-            add([*key, *static], buckets, cell[-1])
-
-    def render(self, out: list[str], go: dict[float, str]) -> None:
-        data = self._rows
-        if data is None:
-            out.append(_generic(self))
-            return
-        name = self.name
-        out.append(_help_line(name, self.documentation, "histogram"))
-        names = self._labelnames
-        order = sorted(range(len(names)), key=names.__getitem__)
-        before = [i for i in order if names[i] < "le"]
-        after = [i for i in order if names[i] > "le"]
-        les = [f'le="{le}"' for le in self._les]
-        static = self._static
-        append = out.append
-        cache = _trim(self._cache, data)
-        room = _CACHE_KEYS - len(cache)
-        zero = self.zero
-        for key, cell in data.items():
-            if zero and key in zero:
-                cell = [0.0] * len(cell)
-            entry = cache.get(key)
-            if entry is None:
-                vals = (*key, *static)
-                head = "".join([f'{name}_bucket{{',
-                                *[f'{names[i]}="{_escape(vals[i])}",' for i in before]])
-                tail = "".join([*[f',{names[i]}="{_escape(vals[i])}"' for i in after], "} "])
-                plain = ",".join([f'{names[i]}="{_escape(vals[i])}"' for i in order])
-                labels = f"{{{plain}}}" if plain else ""
-                entry = (head, tail, f"{name}_count{labels} ", f"{name}_sum{labels} ")
-                if room > 0:
-                    cache[key] = entry
-                    room -= 1
-            head, tail, count_prefix, sum_prefix = entry
-            running = 0.0
-            for le, count in zip(les, cell, strict=False):
-                running += count
-                text = go.get(running)
-                if text is None:
-                    text = go[running] = floatToGoString(running)
-                append(f"{head}{le}{tail}{text}\n")
-            total = cell[-1]
-            text = go.get(total)
-            if text is None:
-                text = floatToGoString(total)
-            append(f"{count_prefix}{go[running]}\n{sum_prefix}{text}\n")
-
-
-def _trim(cache: dict, data: dict) -> dict:
-    """Label strings of series that no longer exist go once they are the bulk."""
-    if len(cache) > 2 * len(data) + 64:
-        cache.clear()
-    return cache
-
-
-class _One:
-    def __init__(self, metric: Metric) -> None:
-        self.metric = metric
-
-    def collect(self) -> list[Metric]:
-        return [self.metric]
-
-
-def _generic(metric: Metric) -> str:
-    return generate_latest(_One(metric)).decode("utf-8")  # type: ignore[arg-type]
-
-
-def generate_text(registry: object) -> bytes:
-    """The same bytes as prometheus_client's `generate_latest` (text format 0.0.4), fast."""
-    out: list[str] = []
-    go: dict[float, str] = {}
-    for metric in registry.collect():  # type: ignore[attr-defined]
-        if isinstance(metric, _Lazy):
-            metric.render(out, go)
-        else:
-            out.append(_generic(metric))
-    return "".join(out).encode("utf-8")

@@ -14,10 +14,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, generate_latest
 
 from celery_events_exporter import __version__
-from celery_events_exporter.collector import generate_text
+from celery_events_exporter.exposition import negotiate
 from celery_events_exporter.webconfig import WebConfig
 from celery_events_exporter.webgate import ConnectionGate, Limits
 
@@ -137,9 +136,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not found: see / for the endpoints\n")
 
     def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept"))
-        if encoder is generate_latest:  # the classic text format: same bytes, rendered fast
-            encoder = generate_text
+        encoder, content_type = negotiate(self.headers.get("Accept"))
         started = time.perf_counter()
         try:
             output = encoder(self.server.registry)

@@ -231,4 +231,4 @@ def test_task_families_carry_the_series_creation_time() -> None:
     family = next(f for f in CeleryCollector(pipeline).collect()
                   if f.name == "celery_task_failed")
     # The exporter's clock when the series was created: the event's receive time.
-    assert family.created[("app.add", "default", W2, "ValueError")] == T0 + 0.8 + 0.01
+    assert family.created(("app.add", "default", W2, "ValueError")) == T0 + 0.8 + 0.01

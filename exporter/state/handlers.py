@@ -94,7 +94,8 @@ class State:
         limit = cfg.max_series
         self.counters = {metric.key: Series(metric, limit, (), stamp)
                          for metric in m.TASK_COUNTERS}
-        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
+        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp,
+                                                  exemplars=True)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
         # Terminal events seen again for a task already counted (re-sent after a reconnect).
@@ -264,16 +265,17 @@ class State:
         if value is None:
             series.inc((*names, *tail))
         else:
-            series.observe(names, value)
+            series.observe(names, value, at.uuid)
 
-    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float) -> None:
+    def _observe_wait(self, names: tuple[str, str] | None, started: float, sent: float,
+                      uuid: str) -> None:
         if names is None:
             return
         wait = started - sent
         if wait < 0:
             self.clamped[m.QUEUE_WAIT.key] += 1
             wait = 0.0
-        self._qwait.observe(names, wait)
+        self._qwait.observe(names, wait, uuid)
 
     def _observe_runtime(self, at: Seen, runtime: object) -> None:
         if type(runtime) is int:
@@ -328,7 +330,7 @@ class State:
             self._sent.inc(names)
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
-            self._observe_wait(names, task.started_at, task.sent)
+            self._observe_wait(names, task.started_at, task.sent, uuid)
             task.started_at = None
         if held is not None:
             self.pending.resolve(uuid)

@@ -38,11 +38,11 @@ class Held(NamedTuple):
     deadline: float
 
 
-def apply(op: Op, names: tuple[str, str]) -> None:
+def apply(op: Op, names: tuple[str, str], uuid: str) -> None:
     if op.value is None:
         op.series.inc((*names, *op.tail))
     else:
-        op.series.observe(names, op.value)
+        op.series.observe(names, op.value, uuid)
 
 
 class Pending:
@@ -80,7 +80,7 @@ class Pending:
             return
         names = (name, queue_of(task, task.worker))
         for op in ops:
-            apply(op, names)
+            apply(op, names, uuid)
 
     def due(self, now: float) -> None:
         """Resolve what waited past its grace."""

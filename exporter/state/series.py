@@ -13,6 +13,9 @@ from bisect import bisect_left
 
 from celery_events_exporter import metrics as m
 
+# OpenMetrics caps an exemplar's labels at 128 characters: task_id="<id>" must fit.
+MAX_EXEMPLAR = 100
+
 
 class Stamp:
     """The state's current times, shared by its series: set once per ingested batch."""
@@ -27,10 +30,11 @@ class Stamp:
 class Series:
     """Counters and histograms for one metric: label tuple -> value, capped in size."""
 
-    __slots__ = ("bounds", "created", "data", "dropped", "fresh", "limit", "metric", "stamp")
+    __slots__ = ("bounds", "created", "data", "dropped", "exemplars", "fresh", "limit",
+                 "metric", "stamp")
 
     def __init__(self, metric: m.Metric, limit: int, bounds: tuple[float, ...] = (),
-                 stamp: Stamp | None = None) -> None:
+                 stamp: Stamp | None = None, exemplars: bool = False) -> None:
         self.metric = metric
         self.limit = limit
         self.bounds = bounds
@@ -41,6 +45,9 @@ class Series:
         self.created: dict[tuple[str, ...], float] = {}
         # key -> monotonic creation time, for series no scrape has shown at 0 yet.
         self.fresh: dict[tuple[str, ...], float] = {}
+        # Histograms: per bucket the latest (task id, value, wall time) observed, for
+        # OpenMetrics exemplars: one per bucket per series, the same keys as `data`.
+        self.exemplars: dict[tuple[str, ...], list] | None = {} if exemplars else None
 
     def _new(self, key: tuple[str, ...], size: int) -> list[float] | None:
         if len(self.data) >= self.limit:
@@ -74,18 +81,27 @@ class Series:
                 return
         cell[0] += 1
 
-    def observe(self, key: tuple[str, ...], value: float) -> None:
+    def observe(self, key: tuple[str, ...], value: float, task_id: object = None) -> None:
         # Cells hold per-bucket counts (non-cumulative, +Inf last) followed by the sum.
         cell = self.data.get(key)
         if cell is None:
             cell = self._new(key, len(self.bounds) + 2)
             if cell is None:
                 return
-        cell[bisect_left(self.bounds, value)] += 1
+        bucket = bisect_left(self.bounds, value)
+        cell[bucket] += 1
         cell[-1] += value
+        exemplars = self.exemplars
+        if exemplars is not None and type(task_id) is str and len(task_id) <= MAX_EXEMPLAR:
+            row = exemplars.get(key)
+            if row is None:
+                row = exemplars[key] = [None] * (len(self.bounds) + 1)
+            row[bucket] = (task_id, value, self.stamp.wall)
 
     def forget_worker(self, label: str, position: int) -> None:
         for key in [k for k in self.data if k[position] == label]:
             del self.data[key]
             self.created.pop(key, None)
             self.fresh.pop(key, None)
+            if self.exemplars is not None:
+                self.exemplars.pop(key, None)
