@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap of the in-flight task table")
     g.add_argument("--task-ttl", type=float, default=float(env("--task-ttl", 3600)),  # type: ignore[arg-type]
                    help="seconds an in-flight task without events is kept")
+    g.add_argument("--new-series-delay", type=float,
+                   default=float(env("--new-series-delay", 0)),  # type: ignore[arg-type]
+                   help="seconds a new task series is shown at 0 (at least one scrape), so "
+                        "rate() sees its first increment; with several Prometheus servers "
+                        "scraping (an HA pair), set it to the scrape interval")
     g.add_argument("--max-message-bytes", type=int,
                    default=int(env("--max-message-bytes", 1 << 20)))  # type: ignore[arg-type]
     g.add_argument("--ingest", choices=("auto", "redis", "kombu"),
@@ -144,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for flag, value in (("--worker-timeout", args.worker_timeout),
                         ("--worker-down-retention", args.worker_down_retention),
                         ("--task-ttl", args.task_ttl), ("--probe-interval", args.probe_interval),
+                        ("--new-series-delay", args.new_series_delay),
                         ("--inspect-interval", args.inspect_interval)):
         if value < 0 or value != value:
             raise ConfigError(f"{flag}: must be a non-negative number of seconds")
@@ -166,7 +172,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         state=StateConfig(max_tasks=args.max_tasks, task_ttl=args.task_ttl,
                           worker_timeout=args.worker_timeout,
                           worker_down_retention=args.worker_down_retention,
-                          max_series=args.max_series, labels=labels, buckets=buckets),
+                          max_series=args.max_series, labels=labels, buckets=buckets,
+                          new_series_delay=args.new_series_delay),
         static_labels=static, queues=tuple(args.queue), probe_interval=args.probe_interval,
         probe_timeout=args.probe_timeout, inspect=not args.no_inspect,
         inspect_interval=args.inspect_interval,

@@ -49,6 +49,7 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["--broker-url", "redis://h/0", "--port", "70000"], "--port"),
     (["--broker-url", "redis://h/0", "--max-series", "0"], "--max-series"),
     (["--broker-url", "redis://h/0", "--worker-timeout", "-1"], "--worker-timeout"),
+    (["--broker-url", "redis://h/0", "--new-series-delay", "-5"], "--new-series-delay"),
     (["--broker-url", "redis://h/0", "--port", "abc"], "--port"),
     (["--broker-url", "redis://h/0", "--no-such-flag"], "--no-such-flag"),
     (["--broker-url", "redis://h/0", "--web-config-file", "/nonexistent.yml"],
@@ -82,6 +83,14 @@ def test_env_vars_configure_every_flag() -> None:
         "amqp://u:p@rabbit:5672//", 9999, ("a", "b"), False)
     assert cfg.state.labels.worker_mode == "host"
     assert cfg.is_amqp
+
+
+def test_new_series_delay_reaches_the_state() -> None:
+    cfg = config_from_args(build_parser().parse_args(["--broker-url", "redis://h/0",
+                                                      "--new-series-delay", "15"]))
+    assert cfg.state.new_series_delay == 15.0
+    default = config_from_args(build_parser().parse_args(["--broker-url", "redis://h/0"]))
+    assert default.state.new_series_delay == 0.0
 
 
 def test_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
