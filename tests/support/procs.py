@@ -63,6 +63,18 @@ def pick(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
 
 
+def one(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of the one series `name` with these labels; None when there is none.
+
+    Unlike `pick`, a series that is gone does not read as 0: "up == 0" must mean a series
+    saying 0, not a worker whose series were removed.
+    """
+    want = set(labels.items())
+    found = [v for (n, lab), v in samples.items() if n == name and want <= lab]
+    assert len(found) <= 1, f"{len(found)} series {name}{labels}: expected one"
+    return found[0] if found else None
+
+
 def series_count(samples: Samples, prefix: str = "celery_") -> int:
     return sum(1 for (n, _) in samples if n.startswith(prefix))
 
