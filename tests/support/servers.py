@@ -35,7 +35,10 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def port_is_free(port: int) -> bool:
+    """Nobody listens on it. SO_REUSEADDR as the servers set it: connections of a server
+    that just went away linger in TIME_WAIT, and they do not stop its restart."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
