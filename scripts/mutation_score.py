@@ -129,11 +129,15 @@ def copy_tree(dest: Path) -> None:
 def configure(dest: Path, module: str, tests: list[str]) -> None:
     package = module.split("/", 1)[0]
     quoted = ", ".join(f'"{t}"' for t in tests)
+    # mutmut runs the tests inside mutants/: everything they read (docs, rules, the other
+    # packages) must be there too.
+    others = ", ".join(f'"{p.name}"' for p in sorted(dest.iterdir()) if p.name != package)
     with (dest / "pyproject.toml").open("a") as f:
         f.write(f"""
 [tool.mutmut]
 source_paths = ["{package}"]
 only_mutate = ["{module}"]
+also_copy = [{others}]
 pytest_add_cli_args_test_selection = [{quoted}]
 # Random order and plugin state would make a mutant's verdict depend on the draw.
 pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]

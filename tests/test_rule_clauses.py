@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.rules import RulesConfig, build
+from alerts.rules import RulesConfig, build, num, render
 from tests.support.promql import check_expr
 
 TARGET = 'job="celery", instance="exporter:9540"'
@@ -60,3 +60,33 @@ def test_falling_behind_lag_threshold_is_the_configured_one(tmp_path: Path) -> N
     expr = alert_expr("CeleryExporterFallingBehind", RulesConfig(event_lag_seconds=200))
     inputs = {**HEALTHY, f"celery_exporter_event_lag_seconds{{{TARGET}}}": "120x30"}
     check_expr(tmp_path, expr, inputs, "20m", [])
+
+
+# -- what the generator writes around the clauses ---------------------------------------------
+
+
+def recording_names(cfg: RulesConfig) -> set[str]:
+    return {rule["record"] for group in build(cfg)["groups"] for rule in group["rules"]
+            if "record" in rule}
+
+
+def test_numbers_are_written_as_promql_reads_them() -> None:
+    assert (num(60.0), num(0.99), num(1234567.5)) == ("60", "0.99", "1234567.5")
+
+
+def test_recorded_names_follow_prefix_and_group_labels() -> None:
+    assert "job:celery_workers_with_capacity:count" in recording_names(RulesConfig())
+    assert "job:workers_with_capacity:count" in recording_names(RulesConfig(prefix=""))
+    assert "dc_job:celery_workers_with_capacity:count" in recording_names(
+        RulesConfig(cluster_label="dc"))
+
+
+def test_an_empty_job_selector_leaves_no_empty_matcher() -> None:
+    text = render(RulesConfig(job_selector=""))
+    assert "{," not in text, "a matcher list starting with a comma is not PromQL"
+    assert 'job="celery"' not in text
+
+
+def test_non_ascii_settings_are_written_as_they_are() -> None:
+    text = render(RulesConfig(runbook_url="https://wiki.example/runbooks/célery"))
+    assert "https://wiki.example/runbooks/célery#celeryworkerdown" in text
