@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.common import Options, Q
+from dashboards.common import Options, Q, variables
 from exporter import metrics as m
 from tests.support.promql import check_expr
 
@@ -83,3 +83,43 @@ def test_cluster_label_and_prefix_reach_the_selector(tmp_path: Path) -> None:
               'acme_worker_up{job="celery", dc="us", worker="b"}': "0x5"}
     check_expr(tmp_path, concrete(Q.for_options(opts).workers_lost()), series, "4m",
                [("{}", 1)])
+
+
+# -- options and variables ----------------------------------------------------------------
+
+
+def test_options_accept_upper_case_names() -> None:
+    opts = Options(cluster_label="Dc", prefix="Acme")
+    assert Q.for_options(opts).m(m.WORKER_UP) == (
+        'Acme_worker_up{job="celery", Dc=~"$cluster", job=~"$job"}')
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"cluster_label": "1dc"}, "--cluster-label: not a label name: '1dc'"),
+    ({"prefix": "1acme"}, "--prefix: not a valid metric name prefix: '1acme'"),
+    ({"job_selector": '{job="x"'}, '--job-selector: give label matchers without braces, '
+                                   'e.g. job="celery"'),
+    ({"job_selector": 'job="x"}'}, '--job-selector: give label matchers without braces, '
+                                   'e.g. job="celery"'),
+])
+def test_bad_options_name_the_flag(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Options(**kwargs)
+    assert str(info.value) == message
+
+
+def test_an_empty_job_selector_leaves_only_the_job_variable() -> None:
+    q = Q.for_options(Options(job_selector=""))
+    assert q.m(m.WORKER_UP) == 'celery_worker_up{job=~"$job"}'
+    job = next(v for v in variables(q) if v.name == "job")
+    assert job.query == "label_values(celery_exporter_build_info{}, job)"
+
+
+def test_cluster_variable_picks_one_cluster_scoped_by_the_job_selector() -> None:
+    q = Q.for_options(Options(cluster_label="dc", job_selector='job="celery", env="prod"'))
+    cluster = next(v for v in variables(q) if v.name == "cluster").to_json_data()
+    assert cluster["label"] == "Cluster"
+    assert cluster["multi"] is False
+    assert cluster["query"] == (
+        'label_values(celery_exporter_build_info{job="celery", env="prod"}, dc)')
+    assert cluster["current"] == {"selected": True, "text": "All", "value": "$__all"}
