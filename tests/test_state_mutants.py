@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import CeleryCollector
@@ -310,3 +311,103 @@ def test_broker_consumer_counts_win_over_worker_counting() -> None:
     probes.queues.length = {"default": 1.0}
     probes.queues.consumers = {"default": 7.0}  # RabbitMQ's own count
     assert sample(state, "celery_queue_consumers", {"queue": "default"}, probes) == 7
+
+
+# -- late task-sent, worker facts, node registry ------------------------------------------------
+
+
+def test_task_sent_after_the_task_finished_is_counted_but_not_tracked_again() -> None:
+    # A busy producer publishes task-sent after the message: the worker's whole lifecycle
+    # can arrive first. The late event counts under its queue; the task stays finished.
+    state = State()
+    state.ingest([ev("worker-online", T0, freq=2.0)], T0)
+    state.ingest([ev("task-received", T0, uuid="a", name="app.add", retries=0, eta=None),
+                  ev("task-started", T0, uuid="a"),
+                  ev("task-succeeded", T0 + 1, uuid="a", runtime=1.0)], T0 + 1)
+    state.tick(T0 + 10)  # held observations resolved (queue unknown by then)
+    late = ev("task-sent", T0, PRODUCER, uuid="a", name="app.add", queue="reports",
+              retries=0, eta=None)
+    state.ingest([late], T0 + 11)
+    assert sample(state, "celery_task_sent_total", {"name": "app.add", "queue": "reports"}) == 1
+    assert sample(state, "celery_exporter_tasks_tracked") == 0
+
+
+def test_late_task_sent_falls_back_to_routing_key_and_remembered_name() -> None:
+    state = State()
+    state.ingest([ev("worker-online", T0, freq=2.0)], T0)
+    state.ingest([ev("task-received", T0, uuid="a", name="app.mail", retries=0, eta=None),
+                  ev("task-started", T0, uuid="a"),
+                  ev("task-failed", T0 + 1, uuid="a", exception="KeyError('k')")], T0 + 1)
+    state.tick(T0 + 10)
+    late = ev("task-sent", T0, PRODUCER, uuid="a", routing_key="mail", retries=0, eta=None)
+    state.ingest([late], T0 + 11)
+    assert sample(state, "celery_task_sent_total", {"name": "app.mail", "queue": "mail"}) == 1
+
+
+def test_heartbeat_frequency_sets_the_timeout_and_bad_values_are_ignored() -> None:
+    state = State()
+    state.ingest([ev("worker-online", T0, "celery@slow", freq=5)], T0)  # int: accepted
+    state.ingest([ev("worker-online", T0, "celery@bad", freq=0)], T0)  # not > 0: default 2
+    state.ingest([ev("worker-online", T0, "celery@text", freq="5")], T0)  # not a number
+    state.tick(T0 + 4.5)
+    assert sample(state, "celery_worker_up", {"worker": "celery@slow"}) == 1
+    assert sample(state, "celery_worker_up", {"worker": "celery@bad"}) == 0
+    assert sample(state, "celery_worker_up", {"worker": "celery@text"}) == 0
+    state.tick(T0 + 10.5)
+    assert sample(state, "celery_worker_up", {"worker": "celery@slow"}) == 0
+
+
+def test_software_identity_keeps_the_last_non_empty_values_capped() -> None:
+    state = State(StateConfig(labels=LabelPolicy(max_length=12)))
+    state.ingest([ev("worker-online", T0, freq=2.0, sw_ident="py-celery", sw_ver="5.7.0",
+                     sw_sys="Linux-with-a-long-name")], T0)
+    state.ingest([ev("worker-heartbeat", T0 + 1, freq=2.0, sw_ident="", sw_ver=5,
+                     sw_sys="")], T0 + 1)
+    assert sample(state, "celery_worker_info", {
+        "worker": W, "version": "5.7.0", "implementation": "py-celery",
+        "system": "Linux-wit..."}) == 1
+
+
+def test_last_heartbeat_is_the_exporter_clock_of_the_last_event() -> None:
+    state = State()
+    state.ingest([ev("worker-online", T0 - 50, freq=2.0)], T0)  # worker clock 50 s behind
+    state.ingest([ev("worker-heartbeat", T0 - 48, freq=2.0)], T0 + 2)
+    assert sample(state, "celery_worker_last_heartbeat_timestamp_seconds", {"worker": W}) \
+        == T0 + 2
+
+
+def test_a_worker_back_after_going_down_is_up_and_not_a_clean_shutdown() -> None:
+    state = State()
+    state.ingest([ev("worker-online", T0, freq=2.0)], T0)
+    state.ingest([ev("worker-offline", T0 + 1)], T0 + 1)
+    assert sample(state, "celery_worker_clean_shutdown", {"worker": W}) == 1
+    state.ingest([ev("worker-heartbeat", T0 + 5, freq=2.0)], T0 + 5)
+    assert sample(state, "celery_worker_up", {"worker": W}) == 1
+    assert sample(state, "celery_worker_clean_shutdown", {"worker": W}) == 0
+
+
+def test_nodes_beyond_max_series_are_counted_not_tracked() -> None:
+    state = State(StateConfig(max_series=2))
+    for i in range(4):
+        state.ingest([ev("worker-online", T0, f"celery@n{i}", freq=2.0)], T0)
+    names = {s.labels["worker"] for f in scrape(state).collect()
+             if f.name == "celery_worker_up" for s in f.samples}
+    assert names == {"celery@n0", "celery@n1"}
+    assert sample(state, "celery_exporter_series_dropped_total",
+                  {"metric": "celery_worker_up"}) == 2
+
+
+@pytest.mark.parametrize("hostname", [None, 5, ["x"], "x" * 321])
+def test_bad_node_names_are_counted_as_bad_fields(hostname: object) -> None:
+    state = State()
+    state.ingest([{"type": "worker-heartbeat", "timestamp": T0, "hostname": hostname}], T0)
+    assert sample(state, "celery_exporter_events_invalid_total", {"reason": "bad_field"}) == 1
+    assert [s for f in scrape(state).collect() if f.name == "celery_worker_up"
+            for s in f.samples] == []
+
+
+def test_a_node_name_of_the_longest_allowed_length_is_kept() -> None:
+    host = "celery@" + "h" * (320 - 7)
+    state = State(StateConfig(labels=LabelPolicy(max_length=400)))
+    state.ingest([ev("worker-online", T0, host, freq=2.0)], T0)
+    assert sample(state, "celery_worker_up", {"worker": host}) == 1
