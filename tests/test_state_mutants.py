@@ -349,6 +349,8 @@ def test_heartbeat_frequency_sets_the_timeout_and_bad_values_are_ignored() -> No
     state.ingest([ev("worker-online", T0, "celery@slow", freq=5)], T0)  # int: accepted
     state.ingest([ev("worker-online", T0, "celery@bad", freq=0)], T0)  # not > 0: default 2
     state.ingest([ev("worker-online", T0, "celery@text", freq="5")], T0)  # not a number
+    state.tick(T0 + 3)
+    assert sample(state, "celery_worker_up", {"worker": "celery@bad"}) == 1, "2 s default"
     state.tick(T0 + 4.5)
     assert sample(state, "celery_worker_up", {"worker": "celery@slow"}) == 1
     assert sample(state, "celery_worker_up", {"worker": "celery@bad"}) == 0
@@ -383,6 +385,9 @@ def test_a_worker_back_after_going_down_is_up_and_not_a_clean_shutdown() -> None
     assert sample(state, "celery_worker_clean_shutdown", {"worker": W}) == 1
     state.ingest([ev("worker-heartbeat", T0 + 5, freq=2.0)], T0 + 5)
     assert sample(state, "celery_worker_up", {"worker": W}) == 1
+    assert sample(state, "celery_worker_clean_shutdown", {"worker": W}) == 0
+    state.tick(T0 + 20)  # then silence: a crash, whatever the goodbye before
+    assert sample(state, "celery_worker_up", {"worker": W}) == 0
     assert sample(state, "celery_worker_clean_shutdown", {"worker": W}) == 0
 
 
