@@ -155,3 +155,34 @@ def test_families_with_the_same_label_values_render_their_own_names() -> None:
     reg = registry(Pipeline(state))
     assert generate_text(reg) == generate_latest(reg)
     assert generate_text(reg) == generate_latest(reg), "second scrape from the cache"
+
+
+def test_fast_rendering_escapes_label_values_like_prometheus_client() -> None:
+    # Each character that needs escaping alone in a value, and none: the fast renderer
+    # must decide per value, exactly as the reference does.
+    state = State()
+    state.ingest([ev("worker-online", T0, "w@h", freq=2.0)], T0)
+    for i, name in enumerate(('quo"te', "back\\slash", "new\nline", "plain")):
+        state.ingest([ev("task-sent", T0, "p@h", uuid=f"u{i}", name=name, queue="q",
+                         retries=0, eta=None),
+                      ev("task-received", T0, "w@h", uuid=f"u{i}", name=name, retries=0,
+                         eta=None)], T0)
+    reg = registry(Pipeline(state))
+    text = generate_text(reg)
+    assert text == generate_latest(reg)
+    assert b'name="quo\\"te"' in text and b'name="new\\nline"' in text
+    assert b'name="back\\\\slash"' in text
+
+
+def test_without_worker_labels_every_other_label_stays() -> None:
+    # --worker-label none drops the worker label from task counters; the failed counter's
+    # exception label, after it, must stay.
+    state = State(StateConfig(labels=LabelPolicy(worker_mode="none")))
+    state.ingest([ev("worker-online", T0, "w@h", freq=2.0)], T0)
+    state.ingest([ev("task-sent", T0, "p@h", uuid="a", name="app.add", queue="q", retries=0,
+                     eta=None),
+                  ev("task-failed", T0, "w@h", uuid="a", exception="KeyError('k')")], T0)
+    reg = registry(Pipeline(state))
+    assert generate_text(reg) == generate_latest(reg)
+    assert reg.get_sample_value("celery_task_failed_total", {
+        "name": "app.add", "queue": "q", "exception": "KeyError"}) == 1
