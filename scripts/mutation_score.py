@@ -146,7 +146,7 @@ use_git_change_detection = false
 
 
 def run_module(module: str, tests: list[str], children: int, keep: bool,
-               known: dict[str, str]) -> Score:
+               known: dict[str, str], diffs: bool = True) -> Score:
     score = Score(module)
     work = Path(tempfile.mkdtemp(prefix="mutation-"))
     started = time.monotonic()
@@ -181,7 +181,7 @@ def run_module(module: str, tests: list[str], children: int, keep: bool,
                     score.survivors.append(name)
         # Diffs for the ones a test ran against and missed; "no tests" ones are listed by
         # name (their function has no test at all: one `mutmut show` each would be slow).
-        for name in score.survivors:
+        for name in score.survivors if diffs else ():
             if name in score.untested:
                 continue
             diff = subprocess.run([*mutmut, "show", name], cwd=work, env=env,
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2,
                         help="mutants run at once (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the work copies")
+    parser.add_argument("--no-diffs", action="store_true",
+                        help="name the survivors without their diffs (faster)")
     args = parser.parse_args(argv)
     if args.max_children < 1:
         parser.error("--max-children must be at least 1")
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for module in expand(args.modules):
         tests = tests_for(module, args.tests)
         print(f"== {module}  (tests: {' '.join(tests)})", flush=True)
-        score = run_module(module, tests, args.max_children, args.keep, known)
+        score = run_module(module, tests, args.max_children, args.keep, known,
+                           not args.no_diffs)
         scores.append(score)
         print(f"   {score.killed}/{score.total - len(score.equivalent)} killed "
               f"= {score.percent:.1f}%  ({dict(score.counts)}, "
