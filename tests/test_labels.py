@@ -50,6 +50,8 @@ def test_worker_label_modes() -> None:
     assert Labeler(LabelPolicy(worker_mode="none")).worker("celery@a") == ""
     assert Labeler(LabelPolicy(worker_mode="full")).worker("celery@a") == "celery@a"
     assert Labeler(LabelPolicy(worker_mode="host")).worker("celery@a") == "a"
+    # Everything after the first "@", as Celery splits node names (name@host).
+    assert Labeler(LabelPolicy(worker_mode="host")).worker("celery@a@b") == "a@b"
     assert Labeler(LabelPolicy(worker_mode="regex")).worker("celery@a") == "celery@a", (
         "regex mode without a regex: the full name")
 
