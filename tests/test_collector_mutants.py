@@ -186,3 +186,30 @@ def test_without_worker_labels_every_other_label_stays() -> None:
     assert generate_text(reg) == generate_latest(reg)
     assert reg.get_sample_value("celery_task_failed_total", {
         "name": "app.add", "queue": "q", "exception": "KeyError"}) == 1
+
+
+def test_families_whose_samples_were_read_render_the_same_text() -> None:
+    # A family whose samples something already read (a registry helper, a test) renders
+    # the generic way; the text must not change.
+    state = State()
+    state.ingest([ev("worker-online", T0, "w@h", freq=2.0)], T0)
+    state.ingest([ev("task-sent", T0, "p@h", uuid="a", name="app.add", queue="q", retries=0,
+                     eta=None),
+                  ev("task-received", T0, "w@h", uuid="a", name="app.add", retries=0,
+                     eta=None),
+                  ev("task-started", T0, "w@h", uuid="a"),
+                  ev("task-succeeded", T0 + 1, "w@h", uuid="a", runtime=0.5)], T0 + 1)
+    collector = CeleryCollector(Pipeline(state))
+
+    class Touched:
+        def collect(self) -> list:
+            families = list(collector.collect())
+            for family in families:
+                assert family.samples is not None  # builds the samples
+            return families
+
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(collector)
+    assert generate_text(Touched()) == generate_latest(reg)
+    assert b'celery_task_runtime_seconds_count{name="app.add",queue="q"} 1.0' in \
+        generate_text(Touched())
