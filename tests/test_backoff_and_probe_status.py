@@ -13,12 +13,12 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import CeleryCollector
-from exporter.config import Config
-from exporter.ingest.base import BACKOFF_MAX, BACKOFF_START, Consumer
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults, ProbeRunner
-from exporter.state import State
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import BACKOFF_MAX, BACKOFF_START, Consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults, ProbeRunner
+from celery_events_exporter.state import State
 
 
 def closed_port() -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import CeleryCollector, generate_text
-from exporter.labels import LabelPolicy
-from exporter.pipeline import Pipeline
-from exporter.state import State, StateConfig, apply_worker_probe
+from celery_events_exporter.collector import CeleryCollector, generate_text
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State, StateConfig, apply_worker_probe
 
 T0 = 1_700_000_000.0
 

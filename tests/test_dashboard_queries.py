@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.common import Options, Q, variables
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
+from celery_events_exporter.dashboards.common import Options, Q, variables
 from tests.support.promql import check_expr
 
 JOB = 'job="celery"'

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from exporter.decode import Invalid, decode_body, decode_envelope
+from celery_events_exporter.decode import Invalid, decode_body, decode_envelope
 
 EVENT = {"type": "worker-heartbeat", "hostname": "celery@w", "timestamp": 1.0}
 

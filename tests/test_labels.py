@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.labels import UNKNOWN, Labeler, LabelPolicy, exception_class
+from celery_events_exporter.labels import UNKNOWN, Labeler, LabelPolicy, exception_class
 
 
 @pytest.mark.parametrize(("text", "label"), [

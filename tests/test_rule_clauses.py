@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.rules import RulesConfig, build, num, render
+from celery_events_exporter.alerts.rules import RulesConfig, build, num, render
 from tests.support.promql import check_expr
 
 TARGET = 'job="celery", instance="exporter:9540"'

@@ -12,11 +12,11 @@ import re
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import CeleryCollector
-from exporter.labels import LabelPolicy
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
-from exporter.state import State, StateConfig, apply_worker_probe
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.state import State, StateConfig, apply_worker_probe
 
 T0 = 1_700_000_000.0
 W = "celery@hostw"
