@@ -95,13 +95,18 @@ def test_management_probe_reads_unacked_and_utilisation() -> None:
                                     1, 5)
             runner = ProbeRunner([probe], results)
 
-            def unacked() -> bool:
+            def both_read() -> bool:
                 runner.run_once(probe)
-                return results.queues.unacked.get("work") == 3.0
+                return (results.queues.unacked.get("work") == 3.0
+                        and "work" in results.queues.utilisation)
 
-            _wait(unacked, 60, f"unacked=3 (last {results.queues.unacked}, "
-                               f"status {results.status})")
-            assert "work" in results.queues.utilisation or results.status["rabbitmq_management"]
+            # RabbitMQ computes utilisation once its statistics have run: wait for both.
+            _wait(both_read, 60, f"unacked=3 and utilisation (last {results.queues}, "
+                                 f"status {results.status})")
+            assert 0.0 <= results.queues.utilisation["work"] <= 1.0
+            status = results.status["rabbitmq_management"]
+            assert status.success, status.last_error
+            assert "celeryev" not in " ".join(results.queues.unacked), "event queues skipped"
             probe.close()
     finally:
         rabbit.stop()

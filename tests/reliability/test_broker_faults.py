@@ -155,7 +155,7 @@ def test_redis_killed_and_restarted_mid_stream() -> None:
 def test_redis_unreachable_at_start_up() -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    server = RedisServer(port)
+    server = RedisServer(port, fixed_port=True)
     try:
         with exporter(url, *EXPORTER_FLAGS) as exp:
             rec = Recorder(exp)

@@ -20,6 +20,7 @@ from tests.support.procs import (
     WorkerProc,
     exporter,
     monotonic_violations,
+    one,
     pick,
     wait_until,
 )
@@ -70,13 +71,13 @@ def test_sigkill_mid_task_then_restart_same_name(private_redis: RedisServer) -> 
         return history[-1]
 
     def gauge(metric: str) -> float:
-        return pick(scrape(), f"celery_worker_tasks_{metric}", worker=name)
+        return one(scrape(), f"celery_worker_tasks_{metric}", worker=name)
 
     try:
         with exporter(url, "--worker-down-retention", str(RETENTION), "--probe-interval", "0",
                       "--no-inspect") as exp:
             worker.start()
-            wait_until(lambda: pick(scrape(), "celery_worker_up", worker=name) == 1, 60,
+            wait_until(lambda: one(scrape(), "celery_worker_up", worker=name) == 1, 60,
                        what="worker up")
             producer = Producer(url)
             producer.send(6, "tests.sleep", (120,))
@@ -89,11 +90,11 @@ def test_sigkill_mid_task_then_restart_same_name(private_redis: RedisServer) -> 
 
             worker.kill(signal.SIGKILL)
             # No worker-offline: down after the heartbeat timeout (2 x 2 s).
-            wait_until(lambda: pick(scrape(), "celery_worker_up", worker=name) == 0, 30,
+            wait_until(lambda: one(scrape(), "celery_worker_up", worker=name) == 0, 30,
                        what="worker up 0 after SIGKILL")
             down = history[-1]
             for metric in ("active", "prefetched", "scheduled"):
-                assert pick(down, f"celery_worker_tasks_{metric}", worker=name) == 0, metric
+                assert one(down, f"celery_worker_tasks_{metric}", worker=name) == 0, metric
 
             # The crash left 4 unacked sleeps; Redis redelivers them only after the visibility
             # timeout (1 h), but drop them so a restarted worker could never spend minutes.
@@ -101,7 +102,7 @@ def test_sigkill_mid_task_then_restart_same_name(private_redis: RedisServer) -> 
             client.delete("default", "unacked", "unacked_index")
             client.close()
             worker.start()
-            wait_until(lambda: pick(scrape(), "celery_worker_up", worker=name) == 1, 60,
+            wait_until(lambda: one(scrape(), "celery_worker_up", worker=name) == 1, 60,
                        what="worker up again under the same name")
             producer.send(8)
             wait_until(lambda: pick(scrape(), "celery_task_succeeded_total") == 8, 60,
@@ -112,7 +113,7 @@ def test_sigkill_mid_task_then_restart_same_name(private_redis: RedisServer) -> 
             final = scrape()
             # One node, one series per gauge: the restart did not duplicate anything.
             assert sum(1 for n, lab in final if n == "celery_worker_up") == 1
-            assert pick(final, "celery_worker_up", worker=name) == 1
+            assert one(final, "celery_worker_up", worker=name) == 1
             # The 6 tasks the crash took away stay tracked (no terminal event) until the TTL.
             assert pick(final, "celery_exporter_tasks_tracked") == 6
             _no_negative_gauges(history)
@@ -138,7 +139,7 @@ def test_scale_to_zero_and_back(private_redis: RedisServer) -> None:
 
     def up() -> dict[str, float]:
         s = scrape()
-        return {n: pick(s, "celery_worker_up", worker=n) for n in names}
+        return {n: one(s, "celery_worker_up", worker=n) for n in names}
 
     try:
         with exporter(url, "--worker-down-retention", str(RETENTION), "--probe-interval", "0",
@@ -159,7 +160,7 @@ def test_scale_to_zero_and_back(private_redis: RedisServer) -> None:
             zero = history[-1]
             for n in names:
                 for metric in ("active", "prefetched", "scheduled"):
-                    assert pick(zero, f"celery_worker_tasks_{metric}", worker=n) == 0
+                    assert one(zero, f"celery_worker_tasks_{metric}", worker=n) == 0
             # After the retention every series naming the workers is gone.
             wait_until(lambda: _worker_series(scrape()) == {}, RETENTION + 20,
                        what="worker series removed after the retention")

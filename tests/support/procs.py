@@ -22,7 +22,7 @@ from typing import TypeVar
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import free_port, stop_proc
+from tests.support.servers import free_port, listens_on, stop_proc, wait_port_free
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -63,6 +63,18 @@ def pick(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
 
 
+def one(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of the one series `name` with these labels; None when there is none.
+
+    Unlike `pick`, a series that is gone does not read as 0: "up == 0" must mean a series
+    saying 0, not a worker whose series were removed.
+    """
+    want = set(labels.items())
+    found = [v for (n, lab), v in samples.items() if n == name and want <= lab]
+    assert len(found) <= 1, f"{len(found)} series {name}{labels}: expected one"
+    return found[0] if found else None
+
+
 def series_count(samples: Samples, prefix: str = "celery_") -> int:
     return sum(1 for (n, _) in samples if n.startswith(prefix))
 
@@ -82,18 +94,48 @@ class ExporterProc:
         self.log_path = Path(name)
         self.proc: subprocess.Popen | None = None
         self.final_log: str | None = None
+        self.started_once = False
 
     @property
     def base(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> ExporterProc:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([EXPORTER, *self.args], stdout=log, stderr=log,
-                                         env=self.env, cwd=ROOT)
-        wait_until(lambda: self._alive() and self.get("/healthz").status_code in (200, 401),
-                   timeout, what="the exporter to serve /healthz")
-        return self
+    def start(self, timeout: float = 30, attempts: int = 5) -> ExporterProc:
+        """Start and wait for /healthz. When the port turns out taken (another checkout
+        drew it too), the first start moves to a new port; a restart waits for its own."""
+        for _attempt in range(attempts):
+            if self.started_once:
+                wait_port_free(self.port)
+            offset = self.log_path.stat().st_size
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen([EXPORTER, *self.args], stdout=log, stderr=log,
+                                             env=self.env, cwd=ROOT)
+            try:
+                wait_until(lambda: self._alive() and self._healthy(), timeout,
+                           what="the exporter to serve /healthz")
+            except AssertionError:
+                tail = self.log_path.read_text(errors="replace")[offset:]
+                if "Address already in use" not in tail or self.started_once:
+                    raise
+                self._move(free_port())
+                continue
+            self.started_once = True
+            return self
+        raise AssertionError(f"the exporter found no free port in {attempts} attempts")
+
+    def _healthy(self) -> bool:
+        # Connection refused while it starts; any other listener answers without our pid.
+        try:
+            response = self.get("/healthz", timeout=2)
+        except requests.ConnectionError:
+            return False
+        assert self.proc is not None
+        return response.status_code in (200, 401) and listens_on(self.proc.pid, self.port)
+
+    def _move(self, port: int) -> None:
+        at = self.args.index("--port")
+        self.args[at + 1] = str(port)
+        self.port = port
 
     def _alive(self) -> bool:
         assert self.proc is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,11 +19,81 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Ports handed out in this session: never twice, even once the first server is gone.
+_HANDED: set[int] = set()
+# Not `random`: pytest-randomly seeds it the same way in every session, and sessions of
+# several checkouts run side by side on one machine.
+_RANDOM = random.SystemRandom()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
+def port_is_free(port: int) -> bool:
+    """Nobody listens on it. SO_REUSEADDR as the servers set it: connections of a server
+    that just went away linger in TIME_WAIT, and they do not stop its restart."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, for a server about to bind it.
+
+    Drawn at random below the kernel's ephemeral range: bind(0) and outgoing connections
+    take their ports from that range, so a port found there could be handed to someone
+    else between this check and the server's own bind. Servers still retry on a new port
+    when the bind fails (see `RedisServer.start`), since another checkout may draw it too.
+    """
+    low, high = _ephemeral_range()
+    first, last = (10_000, low - 1) if low > 12_000 else (high + 1, 65_535)
+    for _ in range(200):
+        port = _RANDOM.randint(first, last)
+        if port not in _HANDED and port_is_free(port):
+            _HANDED.add(port)
+            return port
+    with socket.socket() as s:  # a crowded range: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening socket of `port` (Linux /proc), so a test
+    never mistakes another checkout's server on a reused port for its own."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    if not Path("/proc/net/tcp").exists():
+        return True  # no /proc: cannot tell, trust the caller's other checks
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return True
+    return False
+
+
+def wait_port_free(port: int, timeout: float = 30.0) -> None:
+    """For a restart on the same port: wait (bounded) until nobody holds it."""
+    deadline = time.monotonic() + timeout
+    while not port_is_free(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"port {port} still taken after {timeout}s")
+        time.sleep(0.1)
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -72,21 +143,39 @@ class RedisServer:
     proc: subprocess.Popen | None = None
     extra_args: tuple[str, ...] = ()
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cee-redis-")))
+    # The caller handed the address out before starting (a URL already given to a client),
+    # or the port is in extra_args: then a taken port is waited for, never replaced.
+    fixed_port: bool = False
+    started_once: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start(self, attempts: int = 5) -> RedisServer:
+        """Start on `port`; when it turns out taken, on a new one (the first start only:
+        a restart keeps its port, so clients reconnect to the same address)."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, 10, self.proc)
-        return self
+        in_args = "--port" in self.extra_args or "--tls-port" in self.extra_args
+        for _attempt in range(attempts):
+            movable = not (self.fixed_port or self.started_once or in_args)
+            if not movable:
+                wait_port_free(self.port)
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir), *self.extra_args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with contextlib.suppress(RuntimeError):  # it exited: the bind failed
+                wait_for_port(self.port, 10, self.proc)
+                if listens_on(self.proc.pid, self.port):  # ours, not another checkout's
+                    self.started_once = True
+                    return self
+            stop_proc(self.proc)
+            if movable:
+                self.port = free_port()
+        raise RuntimeError(f"redis-server did not start after {attempts} attempts")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -102,7 +191,8 @@ class RedisServer:
 
 @contextlib.contextmanager
 def redis_server(*extra_args: str, port: int | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(port or free_port(), extra_args=extra_args).start()
+    server = RedisServer(port or free_port(), extra_args=extra_args,
+                         fixed_port=port is not None).start()
     try:
         yield server
     finally:
@@ -121,6 +211,7 @@ class RabbitServer:
     name: str = ""
     plugins: tuple[str, ...] = ()
     config: str = ""  # rabbitmq.conf (sysctl format) contents
+    started_once: bool = False
 
     @property
     def url(self) -> str:
@@ -155,11 +246,25 @@ class RabbitServer:
         if os.geteuid() == 0:
             # Debian's wrapper drops root to the rabbitmq user, which must own the node's files.
             subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.dir)], check=False)
-        self.wrapper = subprocess.Popen(
-            [exe], env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        wait_for_port(self.port, timeout, self.wrapper)
-        return self
+        for attempt in range(3):
+            if self.started_once:  # a restart: same ports, once the old node let go
+                wait_port_free(self.port)
+            self.wrapper = subprocess.Popen(
+                [exe], env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+            try:
+                wait_for_port(self.port, timeout, self.wrapper)
+            except RuntimeError:  # the node stopped before listening: a port was taken
+                self.kill()
+                if self.started_once or attempt == 2:
+                    raise
+                # A new node name too: the old one may still be registered with epmd.
+                self.port, self.dist_port = free_port(), free_port()
+                self.name = f"cee{self.port}@localhost"
+                continue
+            self.started_once = True
+            return self
+        raise AssertionError("unreachable")
 
     def beam_pid(self) -> int | None:
         try:
