@@ -120,6 +120,8 @@ class CeleryCollector:
             tracked = len(state.tasks)
             last_event, lag = state.last_event, state.lag
             missing = state.task_events_missing
+            # Ages run to the state's last tick (at most a second behind): deterministic.
+            running = state.running.snapshot(state.stamp.mono)
             connected, reconnects = self.pipeline.connected, self.pipeline.reconnects
         static = self.static_values
 
@@ -139,6 +141,7 @@ class CeleryCollector:
                                  data, static, les, self._text.setdefault(metric.key, {}),
                                  zero, created)
 
+        yield from self._running(running)
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
 
@@ -183,6 +186,15 @@ class CeleryCollector:
         if text is None:
             text = self._le[bound] = floatToGoString(bound)
         return text
+
+    def _running(self, running: dict[tuple[str, str], tuple[int, float]]) -> Iterator[Metric]:
+        static = self.static_values
+        count = self._gauge(m.TASK_RUNNING)
+        oldest = self._gauge(m.TASK_OLDEST_RUNNING_AGE)
+        for key, (n, age) in sorted(running.items()):
+            count.add_metric([*key, *static], n)
+            oldest.add_metric([*key, *static], age)
+        yield from (count, oldest)
 
     def _workers(self, workers: list[_WorkerRow], missing: bool) -> Iterator[Metric]:
         static = self.static_values

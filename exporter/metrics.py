@@ -92,6 +92,22 @@ RUNTIME = Metric(
 
 HISTOGRAMS: tuple[Metric, ...] = (QUEUE_WAIT, PREFETCH_WAIT, RUNTIME)
 
+# Incident signals: what is stuck, what died with its worker, what nobody picks up.
+TASK_RUNNING = Metric("task_running", "gauge",
+                      "Tasks started and not finished, on workers that are up (absent when "
+                      "none runs).", _TASK)
+TASK_OLDEST_RUNNING_AGE = Metric(
+    "task_oldest_running_age_seconds", "gauge",
+    "Age of the longest-running task of that name and queue (exporter monotonic clock, "
+    "start corrected for the worker's clock offset); absent when none runs.", _TASK)
+TASK_INTERRUPTED = Metric(
+    "task_interrupted_total", "counter",
+    "Tasks that had started on a worker that then went down (heartbeat timeout, "
+    "worker-offline, or a restart announced by worker-online) without a terminal event: "
+    "the work that died with its worker.", _TASK_W)
+
+INCIDENT_METRICS: tuple[Metric, ...] = (TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED)
+
 WORKER_UP = Metric("worker_up", "gauge",
                    "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "
                    "worker-offline (kept for the down retention, then removed).", ("worker",))
@@ -192,7 +208,7 @@ WORKERS_TASK_EVENTS_MISSING = Metric(
     "1 when live workers process tasks but no task events arrive at all (events disabled).")
 
 ALL: tuple[Metric, ...] = (
-    *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
+    *TASK_COUNTERS, *HISTOGRAMS, *INCIDENT_METRICS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
     WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
     EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,

@@ -23,6 +23,7 @@ from exporter.labels import UNKNOWN, Labeler, exception_class
 from exporter.state.clocks import Clocks
 from exporter.state.config import MAX_KEY, StateConfig
 from exporter.state.pending import Op, Pending
+from exporter.state.running import Running
 from exporter.state.series import Series, Stamp
 from exporter.state.tasks import (
     PREFETCHED,
@@ -76,6 +77,11 @@ class State:
         limit = cfg.max_series
         self.counters = {metric.key: Series(metric, limit, (), stamp)
                          for metric in m.TASK_COUNTERS}
+        # Incident signals (issue 12): their own rooms, fed by the marked hooks below.
+        interrupted = Series(m.TASK_INTERRUPTED, limit, (), stamp)
+        self.counters[m.TASK_INTERRUPTED.key] = interrupted
+        self.running = Running(self.labels, interrupted, cfg.max_tasks)
+        self.registry.on_down = self.running.lost
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
@@ -198,6 +204,7 @@ class State:
 
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
+        self.running.stop(uuid)  # incidents
         if uuid not in self.tasks and uuid not in self.pending.held and \
                 self.table.ended(uuid, _BIT[kind]):
             self.duplicates[kind] += 1
@@ -344,6 +351,7 @@ class State:
         at = Seen(uuid, task, e, worker)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
+        self.running.start(uuid, task, self.stamp.mono - max(now - started, 0.0), worker)
         if task.sent is not None:
             wait = started - task.sent
             if wait < 0:
@@ -461,6 +469,7 @@ class State:
 
     def _on_worker_online(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
+        self.running.lost(worker)  # incidents: a restart ends what it was running
         # A restarted node starts with empty buffers and a fresh 'processed' count.
         worker.drop_buffers()
         worker.active = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from exporter.labels import Labeler
@@ -52,6 +52,8 @@ class Workers:
         self.stamp = stamp
         self.workers: dict[str, Worker] = {}
         self.dropped = 0
+        # Told before a worker's buffers and executions are written off (see `running`).
+        self.on_down: Callable[[Worker], None] | None = None
 
     def get(self, hostname: object, now: float) -> Worker:
         """The node an event came from, seen at `now` (up again if it was down)."""
@@ -75,6 +77,8 @@ class Workers:
         return worker
 
     def down(self, worker: Worker) -> None:
+        if self.on_down is not None:
+            self.on_down(worker)
         worker.up = False
         worker.down_since = self.stamp.mono
         worker.active = 0

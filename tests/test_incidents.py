@@ -1,0 +1,158 @@
+"""Incident signals (issue 12) from scripted events: running, interrupted, waiting, stalled
+consumers, last sent. Events in, numbers out; no broker (tests/integration has the proof on
+real workers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter import metrics as m
+from exporter.probes import ProbeResults
+from exporter.state import State, StateConfig
+from tests.test_state import T0, W1, W2, counter, ev, feed, lifecycle, online
+
+
+def running(state: State, mono: float) -> dict[tuple[str, str], tuple[int, float]]:
+    return state.running.snapshot(mono)
+
+
+def start(uuid: str, t: float, name: str = "app.long", queue: str = "default",
+          worker: str = W1) -> list[dict]:
+    return lifecycle(uuid, t, name=name, queue=queue, worker=worker)[:3]
+
+
+# -- running and the oldest running age ------------------------------------------------------
+
+def test_started_tasks_count_as_running_and_the_oldest_ages_on_the_monotonic_clock() -> None:
+    state = State()
+    online(state, W1, T0)
+    feed(state, start("a", T0))  # started at T0 + 0.3
+    feed(state, start("b", T0 + 10))  # started at T0 + 10.3
+    feed(state, start("c", T0 + 5, name="app.other"))
+    snap = running(state, T0 + 100.3)
+    assert snap[("app.long", "default")] == (2, 100.0)
+    assert snap[("app.other", "default")] == (1, 95.0)
+
+
+def test_age_counts_from_the_offset_corrected_start_not_the_receive_time() -> None:
+    """The worker's clock runs 30 s behind; its started event arrives 20 s late (a backlog
+    in the event stream). The age is from when the worker started the task, on our clock."""
+    state = State()
+    skew = 30.0
+    for i in range(3):  # heartbeats arriving at once teach the offset
+        t = T0 + i
+        state.ingest([ev("worker-heartbeat", t - skew, freq=2.0)], t)
+    t_start = T0 + 5  # true start, exporter's clock
+    state.ingest([ev("task-started", t_start - skew, uuid="a", name="app.long")],
+                 t_start + 20, mono=1000.0)
+    # Received at mono 1000, it had started 20 s before.
+    assert running(state, 1010.0)[("app.long", "unknown")] == (1, pytest.approx(30.0))
+
+
+def test_terminal_retry_and_cancel_end_running() -> None:
+    state = State()
+    online(state, W1, T0)
+    for uuid in "abcd":
+        feed(state, start(uuid, T0))
+    feed(state, [ev("task-succeeded", T0 + 1, uuid="a", runtime=0.7)])
+    feed(state, [ev("task-failed", T0 + 1, uuid="b", exception="ValueError()")])
+    feed(state, [ev("task-retried", T0 + 1, uuid="c")])
+    assert running(state, T0 + 2)[("app.long", "default")] == (1, pytest.approx(1.7))
+    feed(state, [ev("task-cancelled", T0 + 2, uuid="d")])
+    assert running(state, T0 + 3) == {}
+    assert state.running.runs == {}, "ended entries are dropped, not kept"
+
+
+def test_long_task_stays_running_past_the_ttl_while_its_worker_heartbeats() -> None:
+    state = State(StateConfig(task_ttl=60))
+    online(state, W1, T0)
+    feed(state, start("a", T0))
+    for t in range(1, 200, 2):
+        state.ingest([ev("worker-heartbeat", T0 + t, freq=2.0)], T0 + t)
+        state.tick(T0 + t)
+    assert running(state, T0 + 199.3)[("app.long", "default")] == (1, 199.0)
+
+
+# -- interrupted -------------------------------------------------------------------------------
+
+def interrupted(state: State, name: str = "app.long", queue: str = "default",
+                worker: str = W1) -> float:
+    return counter(state, m.TASK_INTERRUPTED, name, queue, worker)
+
+
+def test_a_worker_that_times_out_mid_task_interrupts_it_under_its_name_and_queue() -> None:
+    state = State(StateConfig(worker_timeout=10))
+    online(state, W1, T0)
+    online(state, W2, T0)
+    feed(state, start("a", T0, queue="reports"))
+    feed(state, start("b", T0, worker=W2))
+    feed(state, lifecycle("done", T0))  # finished: not interrupted
+    state.ingest([ev("worker-heartbeat", T0 + 8, hostname=W2, freq=2.0)], T0 + 8)
+    state.tick(T0 + 12)  # W1 silent for 12 s: down; W2 heard at +8: up
+    assert interrupted(state, queue="reports") == 1
+    assert interrupted(state, "app.add") == 0
+    assert interrupted(state, worker=W2) == 0
+    assert ("app.long", "reports") not in running(state, T0 + 12)
+    assert running(state, T0 + 12)[("app.long", "default")][0] == 1
+    state.tick(T0 + 30)  # still down: counted once
+    assert interrupted(state, queue="reports") == 1
+
+
+def test_worker_offline_and_a_quick_restart_interrupt_what_ran() -> None:
+    state = State()
+    online(state, W1, T0)
+    feed(state, start("a", T0))
+    state.ingest([ev("worker-offline", T0 + 1)], T0 + 1)
+    assert interrupted(state) == 1
+    online(state, W1, T0 + 2)
+    feed(state, start("b", T0 + 3))
+    online(state, W1, T0 + 4)  # killed and restarted faster than the heartbeat timeout
+    assert interrupted(state) == 2
+    assert running(state, T0 + 5) == {}
+
+
+def test_retried_or_finished_tasks_are_not_interrupted_by_a_later_crash() -> None:
+    state = State(StateConfig(worker_timeout=10))
+    online(state, W1, T0)
+    feed(state, start("a", T0))
+    feed(state, start("b", T0))
+    feed(state, [ev("task-retried", T0 + 1, uuid="a")])
+    feed(state, [ev("task-succeeded", T0 + 1, uuid="b", runtime=0.7)])
+    state.tick(T0 + 20)
+    assert interrupted(state) == 0
+
+
+def test_redelivered_task_running_elsewhere_is_interrupted_only_on_its_current_worker() -> None:
+    """acks_late: W1 dies, the broker hands the message to W2, which starts it again."""
+    state = State(StateConfig(worker_timeout=10))
+    online(state, W1, T0)
+    online(state, W2, T0)
+    feed(state, start("a", T0))
+    state.ingest([ev("worker-heartbeat", T0 + 9, hostname=W2, freq=2.0)], T0 + 9)
+    state.tick(T0 + 12)
+    assert interrupted(state) == 1
+    feed(state, [ev("task-received", T0 + 13, uuid="a", name="app.long", hostname=W2),
+                 ev("task-started", T0 + 13.5, uuid="a", hostname=W2)])
+    assert running(state, T0 + 14)[("app.long", "default")] == (1, pytest.approx(0.5))
+    feed(state, [ev("task-succeeded", T0 + 15, uuid="a", runtime=1.5, hostname=W2)])
+    assert interrupted(state, worker=W2) == 0
+    assert running(state, T0 + 16) == {}
+
+
+def test_scrape_shows_running_age_and_interrupted() -> None:
+    from exporter.pipeline import Pipeline
+    from tests.test_collector import registry_for
+
+    state = State(StateConfig(worker_timeout=10))
+    online(state, W1, T0)
+    feed(state, start("a", T0))
+    state.tick(T0 + 5.3)
+    registry = registry_for(Pipeline(state), ProbeResults())
+    get = registry.get_sample_value
+    labels = {"name": "app.long", "queue": "default"}
+    assert get("celery_task_running", labels) == 1
+    assert get("celery_task_oldest_running_age_seconds", labels) == pytest.approx(5.0)
+    state.tick(T0 + 20)
+    assert get("celery_task_running", labels) is None
+    # (The scrape above showed the new counter at 0, as every new series is shown first.)
+    assert get("celery_task_interrupted_total", {**labels, "worker": W1}) == 1
