@@ -25,6 +25,7 @@ from exporter import __version__
 from exporter import metrics as m
 from exporter.pipeline import Pipeline
 from exporter.probes import ProbeResults
+from exporter.state import State
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,6 +123,7 @@ class CeleryCollector:
             missing = state.task_events_missing
             # Ages run to the state's last tick (at most a second behind): deterministic.
             running = state.running.snapshot(state.stamp.mono)
+            waiting = self._waiting(state)
             connected, reconnects = self.pipeline.connected, self.pipeline.reconnects
         static = self.static_values
 
@@ -144,6 +146,10 @@ class CeleryCollector:
         yield from self._running(running)
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
+        family = self._gauge(m.QUEUE_OLDEST_WAITING_AGE)
+        for name, age in sorted(waiting.items()):
+            family.add_metric([name, *static], age)
+        yield family
 
         def one(metric: m.Metric, value: float) -> GaugeMetricFamily:
             family = self._gauge(metric)
@@ -186,6 +192,26 @@ class CeleryCollector:
         if text is None:
             text = self._le[bound] = floatToGoString(bound)
         return text
+
+    def _waiting(self, state: State) -> dict[str, float]:
+        """Oldest waiting ages; 0 where the latest queue probe found the queue empty, and
+        what was published before that probe run is forgotten (its received event was
+        lost). Called under the pipeline lock."""
+        with self.probes.lock:
+            lengths = self.probes.queues.length
+            runs = [s.last_run for n, s in self.probes.status.items() if n != "inspect"]
+        stamp = state.stamp
+        waiting = state.waiting
+        if runs and max(runs):
+            measured = stamp.mono - (stamp.wall - max(runs))  # the probe run, monotonic
+            for name, length in lengths.items():
+                if length == 0:
+                    waiting.drained(name, measured)
+        ages = waiting.snapshot(stamp.mono)
+        for name, length in lengths.items():
+            if length == 0:
+                ages[name] = 0.0
+        return ages
 
     def _running(self, running: dict[tuple[str, str], tuple[int, float]]) -> Iterator[Metric]:
         static = self.static_values

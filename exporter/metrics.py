@@ -106,7 +106,14 @@ TASK_INTERRUPTED = Metric(
     "worker-offline, or a restart announced by worker-online) without a terminal event: "
     "the work that died with its worker.", _TASK_W)
 
-INCIDENT_METRICS: tuple[Metric, ...] = (TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED)
+QUEUE_OLDEST_WAITING_AGE = Metric(
+    "queue_oldest_waiting_age_seconds", "gauge",
+    "Age of the oldest task published to the queue (task-sent) and not yet received by a "
+    "worker; ETA/countdown tasks count from their ETA. 0 when none waits or when the queue "
+    "probe finds the queue empty. Needs task_send_sent_event on producers.", ("queue",))
+
+INCIDENT_METRICS: tuple[Metric, ...] = (TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED,
+                                        QUEUE_OLDEST_WAITING_AGE)
 
 WORKER_UP = Metric("worker_up", "gauge",
                    "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "

@@ -156,3 +156,103 @@ def test_scrape_shows_running_age_and_interrupted() -> None:
     assert get("celery_task_running", labels) is None
     # (The scrape above showed the new counter at 0, as every new series is shown first.)
     assert get("celery_task_interrupted_total", {**labels, "worker": W1}) == 1
+
+
+# -- oldest waiting --------------------------------------------------------------------------
+
+def sent(uuid: str, t: float, queue: str = "default", **fields: object) -> dict:
+    return ev("task-sent", t, uuid=uuid, name="app.add", queue=queue, **{"retries": 0, **fields})
+
+
+def waiting(state: State, mono: float) -> dict[str, float]:
+    return state.waiting.snapshot(mono)
+
+
+def test_oldest_waiting_is_the_oldest_published_and_not_received() -> None:
+    state = State()
+    feed(state, [sent("a", T0), sent("b", T0 + 10), sent("c", T0 + 20, queue="reports")])
+    assert waiting(state, T0 + 60) == {"default": 60.0, "reports": 40.0}
+    feed(state, [ev("task-received", T0 + 61, uuid="a", name="app.add")])
+    assert waiting(state, T0 + 62)["default"] == 52.0
+    # b is started without its received event having arrived: gone all the same.
+    feed(state, [ev("task-started", T0 + 63, uuid="b")])
+    assert waiting(state, T0 + 64)["default"] == 0.0
+    # c ends (revoked before any worker reported receiving it).
+    feed(state, [ev("task-revoked", T0 + 65, uuid="c")])
+    assert waiting(state, T0 + 66)["reports"] == 0.0
+    assert state.waiting.entries == 0, "received tasks leave the heaps"
+
+
+def test_received_out_of_order_keeps_the_oldest_still_waiting() -> None:
+    state = State()
+    feed(state, [sent(u, T0 + i) for i, u in enumerate("abcde")])
+    feed(state, [ev("task-received", T0 + 10, uuid=u, name="app.add") for u in "bcd"])
+    assert waiting(state, T0 + 20)["default"] == 20.0  # a
+    feed(state, [ev("task-received", T0 + 21, uuid="a", name="app.add")])
+    assert waiting(state, T0 + 30)["default"] == 26.0  # e, sent at T0 + 4
+
+
+def test_eta_tasks_wait_from_their_eta() -> None:
+    from datetime import UTC, datetime
+
+    state = State()
+    eta = datetime.fromtimestamp(T0 + 100, UTC).isoformat()
+    feed(state, [sent("later", T0, eta=eta)])
+    assert waiting(state, T0 + 50)["default"] == 0.0, "not due yet"
+    assert waiting(state, T0 + 130)["default"] == 30.0
+
+
+def test_a_retry_waits_from_its_own_publish() -> None:
+    state = State()
+    feed(state, lifecycle("a", T0)[:3])
+    feed(state, [ev("task-retried", T0 + 1, uuid="a"),
+                 sent("a", T0 + 2, retries=1)])
+    assert waiting(state, T0 + 12)["default"] == 10.0
+
+
+def test_a_backlog_beyond_the_task_table_keeps_its_oldest() -> None:
+    """The LRU table evicts the oldest under a backlog; the waiting room must not."""
+    state = State(StateConfig(max_tasks=100))
+    feed(state, [sent(f"t{i}", T0 + i) for i in range(150)])
+    assert state.evicted["capacity"] == 50
+    assert waiting(state, T0 + 200)["default"] == 200.0
+    # Past its own cap the earliest untracked publish stands in once the tracked drain.
+    feed(state, [ev("task-received", T0 + 201, uuid=f"t{i}", name="app.add")
+                 for i in range(100)])
+    assert waiting(state, T0 + 210)["default"] == 110.0  # t100, untracked
+
+
+def test_stale_heap_entries_are_bounded() -> None:
+    state = State(StateConfig(max_tasks=100))
+    # Received out of publish order forever: the oldest stays, the rest go stale.
+    feed(state, [sent("first", T0)])
+    for i in range(5000):
+        feed(state, [sent(f"t{i}", T0 + 1 + i * 0.001),
+                     ev("task-received", T0 + 1 + i * 0.001, uuid=f"t{i}", name="app.add")])
+    assert state.waiting.entries <= 2 * len(state.waiting.since) + 1024
+    assert waiting(state, T0 + 100)["default"] == 100.0
+
+
+def test_an_empty_queue_at_the_probe_clears_what_was_published_before() -> None:
+    state = State()
+    feed(state, [sent("lost-received", T0), sent("after-probe", T0 + 10)])
+    state.waiting.drained("default", T0 + 5)
+    assert waiting(state, T0 + 20)["default"] == 10.0
+
+
+def test_scrape_shows_0_for_a_queue_the_probe_finds_empty() -> None:
+    from exporter.pipeline import Pipeline
+    from tests.test_collector import registry_for
+
+    state = State()
+    feed(state, [sent("a", T0), sent("b", T0 + 1, queue="reports")])
+    state.tick(T0 + 30)
+    results = ProbeResults()
+    results.queues.length = {"default": 0.0, "reports": 1.0}
+    results.register("redis_queues")
+    results.status["redis_queues"].last_run = T0 + 25
+    registry = registry_for(Pipeline(state), results)
+    get = registry.get_sample_value
+    assert get("celery_queue_oldest_waiting_age_seconds", {"queue": "default"}) == 0
+    assert get("celery_queue_oldest_waiting_age_seconds", {"queue": "reports"}) == 29
+    assert "a" not in state.waiting.since, "the empty probe forgot what was sent before it"

@@ -34,6 +34,7 @@ from exporter.state.tasks import (
     queue_of,
     release,
 )
+from exporter.state.waiting import Waiting
 from exporter.state.workers import Worker, Workers
 
 _MAX_EVENT_TYPES = 64
@@ -82,6 +83,8 @@ class State:
         self.counters[m.TASK_INTERRUPTED.key] = interrupted
         self.running = Running(self.labels, interrupted, cfg.max_tasks)
         self.registry.on_down = self.running.lost
+        self.waiting = Waiting(cfg.max_tasks, limit)
+        self._received_now = self.waiting.gone
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
@@ -205,6 +208,7 @@ class State:
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
         self.running.stop(uuid)  # incidents
+        self._received_now(uuid)  # incidents
         if uuid not in self.tasks and uuid not in self.pending.held and \
                 self.table.ended(uuid, _BIT[kind]):
             self.duplicates[kind] += 1
@@ -303,6 +307,8 @@ class State:
         names = self._names(task, e, None)
         if names is not None:
             self._sent.inc(names)
+        if task.received is None and task.started is None and task.queue is not None:  # incidents
+            self.waiting.sent(uuid, task.queue, self.stamp.mono - (now - task.sent))
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
             self._observe_wait(names, task.started_at, task.sent)
@@ -325,6 +331,7 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
+        self._received_now(uuid)  # incidents
         self._new_attempt(task, e.get("retries"))
         release(task)
         task.received = ts
@@ -344,6 +351,7 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
+        self._received_now(uuid)  # incidents
         release(task)
         task.started = ts
         task.worker = worker
