@@ -112,8 +112,23 @@ QUEUE_OLDEST_WAITING_AGE = Metric(
     "worker; ETA/countdown tasks count from their ETA. 0 when none waits or when the queue "
     "probe finds the queue empty. Needs task_send_sent_event on producers.", ("queue",))
 
-INCIDENT_METRICS: tuple[Metric, ...] = (TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED,
-                                        QUEUE_OLDEST_WAITING_AGE)
+WORKER_LAST_RECEIVED = Metric(
+    "worker_last_task_received_timestamp_seconds", "gauge",
+    "When the worker last received a task (task-received, exporter clock); before its first, "
+    "when it came online or the exporter first heard of it. A worker that heartbeats while "
+    "this stands still and its queues have a backlog no longer consumes (a ghost).",
+    ("worker",))
+WORKER_QUEUE = Metric("worker_queue_info", "gauge",
+                      "Constant 1 for each queue the worker consumes (inspect active_queues): "
+                      "joins worker signals to queue signals.", ("worker", "queue"))
+TASK_LAST_SENT = Metric("task_last_sent_timestamp_seconds", "gauge",
+                        "When a task of that name was last published (task-sent received, "
+                        "exporter clock): a dead-man's switch for periodic tasks.", ("name",))
+
+INCIDENT_METRICS: tuple[Metric, ...] = (
+    TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED, QUEUE_OLDEST_WAITING_AGE,
+    WORKER_LAST_RECEIVED, WORKER_QUEUE, TASK_LAST_SENT,
+)
 
 WORKER_UP = Metric("worker_up", "gauge",
                    "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "

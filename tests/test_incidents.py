@@ -256,3 +256,50 @@ def test_scrape_shows_0_for_a_queue_the_probe_finds_empty() -> None:
     assert get("celery_queue_oldest_waiting_age_seconds", {"queue": "default"}) == 0
     assert get("celery_queue_oldest_waiting_age_seconds", {"queue": "reports"}) == 29
     assert "a" not in state.waiting.since, "the empty probe forgot what was sent before it"
+
+
+# -- stalled consumers and the dead-man's switch ---------------------------------------------
+
+def test_last_received_stands_still_while_a_ghost_heartbeats() -> None:
+    state = State()
+    online(state, W1, T0)
+    assert state.workers[W1].last_received == T0, "online: a new consumer, nothing yet"
+    feed(state, lifecycle("a", T0 + 5))
+    assert state.workers[W1].last_received == T0 + 5.1
+    for t in range(10, 100, 2):  # heartbeats go on; nothing is received any more
+        state.ingest([ev("worker-heartbeat", T0 + t, freq=2.0)], T0 + t)
+    assert state.workers[W1].last_received == T0 + 5.1
+    online(state, W1, T0 + 200)  # restarted: counts from its new start
+    assert state.workers[W1].last_received == T0 + 200
+
+
+def test_a_worker_first_heard_by_heartbeat_counts_from_then() -> None:
+    state = State()
+    state.ingest([ev("worker-heartbeat", T0, freq=2.0)], T0)
+    state.ingest([ev("worker-heartbeat", T0 + 2, freq=2.0)], T0 + 2)
+    assert state.workers[W1].last_received == T0
+
+
+def test_last_sent_per_task_name_is_capped() -> None:
+    state = State(StateConfig(max_series=2))
+    feed(state, lifecycle("a", T0) + lifecycle("b", T0 + 60))
+    feed(state, lifecycle("c", T0, name="app.nightly"))
+    feed(state, lifecycle("d", T0, name="app.third"))
+    assert state.last_sent == {"app.add": T0 + 60, "app.nightly": T0}
+
+
+def test_scrape_shows_ghost_signals_and_last_sent() -> None:
+    from exporter.pipeline import Pipeline
+    from exporter.state import apply_worker_probe
+    from tests.test_collector import registry_for
+
+    state = State()
+    online(state, W1, T0)
+    apply_worker_probe(state, W1, 4, 4, frozenset({"default", "reports"}))
+    feed(state, lifecycle("a", T0 + 5))
+    registry = registry_for(Pipeline(state), ProbeResults())
+    get = registry.get_sample_value
+    assert get("celery_worker_last_task_received_timestamp_seconds", {"worker": W1}) == T0 + 5.1
+    assert get("celery_worker_queue_info", {"worker": W1, "queue": "reports"}) == 1
+    assert get("celery_worker_queue_info", {"worker": W1, "queue": "default"}) == 1
+    assert get("celery_task_last_sent_timestamp_seconds", {"name": "app.add"}) == T0 + 5

@@ -85,6 +85,7 @@ class State:
         self.registry.on_down = self.running.lost
         self.waiting = Waiting(cfg.max_tasks, limit)
         self._received_now = self.waiting.gone
+        self.last_sent: dict[str, float] = {}  # task name label -> exporter wall clock
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
@@ -307,6 +308,9 @@ class State:
         names = self._names(task, e, None)
         if names is not None:
             self._sent.inc(names)
+            last_sent = self.last_sent  # incidents: a dead-man's switch per name
+            if names[0] in last_sent or len(last_sent) < self.config.max_series:
+                last_sent[names[0]] = now
         if task.received is None and task.started is None and task.queue is not None:  # incidents
             self.waiting.sent(uuid, task.queue, self.stamp.mono - (now - task.sent))
         if task.started_at is not None:
@@ -331,6 +335,7 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
+        worker.last_received = now  # incidents
         self._received_now(uuid)  # incidents
         self._new_attempt(task, e.get("retries"))
         release(task)
@@ -478,6 +483,7 @@ class State:
     def _on_worker_online(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
         self.running.lost(worker)  # incidents: a restart ends what it was running
+        worker.last_received = now  # incidents: a new consumer, nothing received yet
         # A restarted node starts with empty buffers and a fresh 'processed' count.
         worker.drop_buffers()
         worker.active = None
@@ -489,6 +495,8 @@ class State:
     def _on_heartbeat(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
         self._update_worker(worker, e, ts, now)
+        if not worker.last_received:  # incidents: first heard of, nothing received yet
+            worker.last_received = now
         active = e.get("active")
         if type(active) is int:
             worker.active = active

@@ -12,9 +12,9 @@ from exporter.state.series import Series, Stamp
 
 class Worker:
     __slots__ = ("active", "down_since", "events_missing", "freq", "gen", "hostname", "label",
-                 "last_processed", "last_seen", "pool", "prefetch_limit", "prefetched",
-                 "queues", "said_goodbye", "scheduled", "seen", "silent_beats", "sw_ident",
-                 "sw_sys", "sw_ver", "task_events", "up")
+                 "last_processed", "last_received", "last_seen", "pool", "prefetch_limit",
+                 "prefetched", "queues", "said_goodbye", "scheduled", "seen", "silent_beats",
+                 "sw_ident", "sw_sys", "sw_ver", "task_events", "up")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -23,6 +23,7 @@ class Worker:
         # Down after worker-offline (a deploy, a scale-in) rather than silence (a crash).
         self.said_goodbye = False
         self.last_seen = 0.0  # wall clock: exported as the last heartbeat timestamp
+        self.last_received = 0.0  # wall clock: last task-received (incidents: ghosts)
         self.seen = 0.0  # monotonic: what liveness is judged on
         self.down_since = 0.0  # monotonic
         self.freq = 2.0
