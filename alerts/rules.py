@@ -15,6 +15,7 @@ import yaml
 from exporter import metrics as m
 from exporter.metrics import Metric
 
+from . import incidents
 from .config import RulesConfig
 
 RULES_FILE = "celery-rules.yml"
@@ -328,6 +329,7 @@ def build(cfg: RulesConfig | None = None) -> dict[str, Any]:
         # alerts see this step's recorded values (Prometheus itself may lag one interval).
         {"name": "celery.recording", "rules": recording_rules(cfg)},
         {"name": "celery.alerts", "rules": alerting_rules(cfg)},
+        incidents.group(cfg),  # issue 12: stuck, interrupted, starving, ghosts, missed runs
     ]}
 
 
