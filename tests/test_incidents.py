@@ -227,9 +227,15 @@ def test_stale_heap_entries_are_bounded() -> None:
     # Received out of publish order forever: the oldest stays, the rest go stale.
     feed(state, [sent("first", T0)])
     for i in range(5000):
-        feed(state, [sent(f"t{i}", T0 + 1 + i * 0.001),
-                     ev("task-received", T0 + 1 + i * 0.001, uuid=f"t{i}", name="app.add")])
-    assert state.waiting.entries <= 2 * len(state.waiting.since) + 1024
+        t = T0 + 1 + i * 0.01
+        feed(state, [sent(f"t{i}", t)])
+        if i % 3 == 0:  # a third received later than the next publish: they reach a heap
+            state.tick(t)
+        feed(state, [ev("task-received", t, uuid=f"t{i}", name="app.add")])
+        state.tick(t)  # the pipeline ticks about once a second
+        assert len(state.waiting.fresh) == 0
+        # At most two live entries (first, and t{i} at its push), twice that plus the slack.
+        assert state.waiting.entries <= 2 * 2 + 1024
     assert waiting(state, T0 + 100)["default"] == 100.0
 
 
@@ -303,3 +309,11 @@ def test_scrape_shows_ghost_signals_and_last_sent() -> None:
     assert get("celery_worker_queue_info", {"worker": W1, "queue": "reports"}) == 1
     assert get("celery_worker_queue_info", {"worker": W1, "queue": "default"}) == 1
     assert get("celery_task_last_sent_timestamp_seconds", {"name": "app.add"}) == T0 + 5
+
+
+def test_a_task_revoked_before_any_worker_received_it_is_not_waiting() -> None:
+    state = State()
+    feed(state, [sent("a", T0), ev("task-revoked", T0 + 1, uuid="a")])
+    # Both arrived within one tick: the publish is looked at after the task ended.
+    assert waiting(state, T0 + 60) == {}
+    assert "a" not in state.waiting.since

@@ -83,8 +83,12 @@ class State:
         self.counters[m.TASK_INTERRUPTED.key] = interrupted
         self.running = Running(self.labels, interrupted, cfg.max_tasks)
         self.registry.on_down = self.running.lost
-        self.waiting = Waiting(cfg.max_tasks, limit)
-        self._received_now = self.waiting.gone
+        self.waiting = Waiting(cfg.max_tasks, limit, self.table.finished)
+        self._fresh = self.waiting.fresh.append
+        # Bound dict pops: no Python frame on the hot path.
+        self._not_waiting = self.waiting.since.pop
+        self._not_running = self.running.runs.pop
+        self._runs, self._runs_cap = self.running.runs, self.running.cap
         self.last_sent: dict[str, float] = {}  # task name label -> exporter wall clock
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
@@ -187,6 +191,7 @@ class State:
         self.registry.age(mono, self.counters.values())
         self.table.expire(mono, self.config.task_ttl)
         self.pending.due(mono)
+        self.waiting.flush()  # incidents
         self.clocks.roll(mono)
 
     # -- helpers --------------------------------------------------------------------------
@@ -208,8 +213,8 @@ class State:
 
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
-        self.running.stop(uuid)  # incidents
-        self._received_now(uuid)  # incidents
+        self._not_running(uuid, None)  # incidents
+        self._not_waiting(uuid, None)  # incidents
         if uuid not in self.tasks and uuid not in self.pending.held and \
                 self.table.ended(uuid, _BIT[kind]):
             self.duplicates[kind] += 1
@@ -312,7 +317,7 @@ class State:
             if names[0] in last_sent or len(last_sent) < self.config.max_series:
                 last_sent[names[0]] = now
         if task.received is None and task.started is None and task.queue is not None:  # incidents
-            self.waiting.sent(uuid, task.queue, self.stamp.mono - (now - task.sent))
+            self._fresh((task, uuid, task.queue, self.stamp.mono - (now - task.sent)))
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
             self._observe_wait(names, task.started_at, task.sent)
@@ -336,7 +341,7 @@ class State:
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
         worker.last_received = now  # incidents
-        self._received_now(uuid)  # incidents
+        self._not_waiting(uuid, None)  # incidents
         self._new_attempt(task, e.get("retries"))
         release(task)
         task.received = ts
@@ -356,7 +361,7 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        self._received_now(uuid)  # incidents
+        self._not_waiting(uuid, None)  # incidents
         release(task)
         task.started = ts
         task.worker = worker
@@ -364,7 +369,12 @@ class State:
         at = Seen(uuid, task, e, worker)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
-        self.running.start(uuid, task, self.stamp.mono - max(now - started, 0.0), worker)
+        # incidents: running since (monotonic), inlined: one tuple store per task-started.
+        runs = self._runs
+        runs[uuid] = (task, self.stamp.mono - (now - started if now > started else 0.0),
+                      worker, worker.gen)
+        if len(runs) > self._runs_cap:
+            self.running.trim()
         if task.sent is not None:
             wait = started - task.sent
             if wait < 0:

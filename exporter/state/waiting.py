@@ -3,9 +3,13 @@
 The in-flight table cannot answer this: it is an LRU that, under a backlog, evicts exactly
 the oldest tasks. This room keeps its own bounded map uuid -> since (publish time, or the
 ETA when later, on the exporter's monotonic clock) and a heap per queue ordered by since.
-Received, started or finished tasks leave the map only (one dict pop on the event path);
-their heap entries are dropped lazily when they reach the top, and the heaps are rebuilt
-from the map when stale entries outnumber live ones.
+
+The event path stays cheap: task-sent only appends (task, uuid, queue, since) to `fresh`;
+`flush` (each tick, about once a second, and before a snapshot) moves those still waiting
+into the map and heaps, so the common task, received within the second, never reaches a
+heap. Received, started or finished tasks leave the map only (the handlers pop `since`,
+one C-level dict pop); their heap entries are dropped lazily when they reach the top, and
+a heap is rebuilt from the map when it outgrows twice the live entries (plus slack).
 
 At the cap, new publishes are not tracked; the queue remembers the earliest of them, so
 once the tracked ones drain the age is still bounded from above rather than lost.
@@ -14,19 +18,42 @@ once the tracked ones drain the age is still bounded from above rather than lost
 from __future__ import annotations
 
 import heapq
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from exporter.state.tasks import Finished, Task
+
+_push = heapq.heappush
 _SLACK = 1024  # stale heap entries tolerated beyond the live ones before a rebuild
 
 
 class Waiting:
-    def __init__(self, cap: int, max_queues: int) -> None:
+    def __init__(self, cap: int, max_queues: int, finished: Mapping[str, Finished]) -> None:
         self.cap = cap
         self.max_queues = max_queues
+        # Tasks that ended (terminal bits set) are not waiting; evicted ones (no bits) may be.
+        self.finished = finished
+        self.fresh: list[tuple[Task, str, str, float]] = []
         self.since: dict[str, float] = {}
         self.heaps: dict[str, list[tuple[float, str]]] = {}
-        self.entries = 0  # heap entries, live and stale
         self.untracked: dict[str, float] = {}  # queue -> earliest since refused at the cap
         self.refused = 0
+
+    def flush(self) -> None:
+        """Track what was published since the last flush and is still waiting."""
+        fresh = self.fresh
+        if not fresh:
+            return
+        batch = fresh[:]
+        fresh.clear()  # in place: the handlers hold its bound `append`
+        finished = self.finished
+        for task, uuid, queue, since in batch:
+            if task.received is None and task.started is None:
+                ended = finished.get(uuid)
+                if ended is None or not ended.ended:
+                    self.sent(uuid, queue, since)
 
     def sent(self, uuid: str, queue: str, since: float) -> None:
         heap = self.heaps.get(queue)
@@ -43,14 +70,9 @@ class Waiting:
                 self.untracked[queue] = since
             return
         since_map[uuid] = since
-        heapq.heappush(heap, (since, uuid))
-        self.entries += 1
-        if self.entries > 2 * len(since_map) + _SLACK:
+        _push(heap, (since, uuid))
+        if len(heap) > 2 * len(since_map) + _SLACK:
             self._rebuild()
-
-    def gone(self, uuid: object) -> None:
-        """Received by a worker (or already started or finished): no longer waiting."""
-        self.since.pop(uuid, None)  # type: ignore[call-overload]
 
     def _rebuild(self) -> None:
         live: dict[str, list[tuple[float, str]]] = {q: [] for q in self.heaps}
@@ -62,7 +84,6 @@ class Waiting:
         for heap in live.values():
             heapq.heapify(heap)
         self.heaps = live
-        self.entries = sum(len(h) for h in live.values())
 
     def _top(self, queue: str) -> float | None:
         heap = self.heaps[queue]
@@ -72,19 +93,18 @@ class Waiting:
             if since.get(uuid) == at:
                 return at
             heapq.heappop(heap)
-            self.entries -= 1
         return None
 
     def drained(self, queue: str, before: float) -> None:
         """The broker says the queue was empty at `before` (monotonic): what was published
         earlier is not waiting, whatever events were lost."""
+        self.flush()
         heap = self.heaps.get(queue)
         if heap is None:
             return
         since = self.since
         while heap and heap[0][0] <= before:
             at, uuid = heapq.heappop(heap)
-            self.entries -= 1
             if since.get(uuid) == at:
                 del since[uuid]
         first = self.untracked.get(queue)
@@ -93,6 +113,7 @@ class Waiting:
 
     def snapshot(self, mono: float) -> dict[str, float]:
         """queue -> age of its oldest waiting message (0 when none, or not due yet)."""
+        self.flush()
         out: dict[str, float] = {}
         for queue in self.heaps:
             oldest = self._top(queue)
@@ -100,3 +121,8 @@ class Waiting:
                 oldest = self.untracked.get(queue)
             out[queue] = 0.0 if oldest is None else max(mono - oldest, 0.0)
         return out
+
+    @property
+    def entries(self) -> int:
+        """Heap entries, live and stale (what the bound is about)."""
+        return sum(len(h) for h in self.heaps.values())
