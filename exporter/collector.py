@@ -217,6 +217,8 @@ class CeleryCollector:
                 if length == 0:
                     waiting.drained(name, measured)
         ages = waiting.snapshot(stamp.mono)
+        for name in state.queues_seen:  # published to, nothing waiting now
+            ages.setdefault(name, 0.0)
         for name, length in lengths.items():
             if length == 0:
                 ages[name] = 0.0
