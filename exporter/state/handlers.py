@@ -81,10 +81,10 @@ class State:
         # Incident signals (issue 12): their own rooms, fed by the marked hooks below.
         interrupted = Series(m.TASK_INTERRUPTED, limit, (), stamp)
         self.counters[m.TASK_INTERRUPTED.key] = interrupted
-        self.running = Running(self.labels, interrupted, cfg.max_tasks)
+        self.running = Running(self.labels, interrupted, cfg.max_tasks, self.table.tasks)
         self.registry.on_down = self.running.lost
-        self.waiting = Waiting(cfg.max_tasks, limit, self.table.finished)
-        self._fresh = self.waiting.fresh.append
+        self.waiting = Waiting(cfg.max_tasks, limit, self.table.tasks, self.table.finished)
+        self._fresh = self.waiting.fresh
         # Bound dict pops: no Python frame on the hot path.
         self._not_waiting = self.waiting.since.pop
         self._not_running = self.running.runs.pop
@@ -317,7 +317,7 @@ class State:
             if names[0] in last_sent or len(last_sent) < self.config.max_series:
                 last_sent[names[0]] = now
         if task.received is None and task.started is None and task.queue is not None:  # incidents
-            self._fresh((task, uuid, task.queue, self.stamp.mono - (now - task.sent)))
+            self._fresh[uuid] = self.stamp.mono - (now - task.sent)
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
             self._observe_wait(names, task.started_at, task.sent)
@@ -371,8 +371,7 @@ class State:
         started = ts + self._offset(worker.hostname, ts, now)
         # incidents: running since (monotonic), inlined: one tuple store per task-started.
         runs = self._runs
-        runs[uuid] = (task, self.stamp.mono - (now - started if now > started else 0.0),
-                      worker, worker.gen)
+        runs[uuid] = self.stamp.mono - (now - started if now > started else 0.0)
         if len(runs) > self._runs_cap:
             self.running.trim()
         if task.sent is not None:

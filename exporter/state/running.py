@@ -1,10 +1,12 @@
 """Tasks executing now: how many per (name, queue), since when, and which died with a worker.
 
-An entry is added at task-started and leaves at a terminal event (popped by the
-handlers) or when its
-worker goes down (`lost`, which counts it as interrupted). Retries, cancellations and
-requeues clear `task.started` instead: such entries are dropped lazily by `snapshot`, so
-the event path pays one dict store per start and one pop per end.
+An entry (uuid -> since) is added at task-started and leaves at a terminal event (popped by
+the handlers) or when its worker goes down (`lost`, which counts it as interrupted).
+Retries, cancellations and requeues clear `task.started` instead: such entries are dropped
+lazily by `snapshot`, so the event path pays one dict store per start and one pop per end.
+The task itself is read from the in-flight table, which keeps started tasks past the TTL
+while their worker lives; a task evicted for capacity (more tasks in flight than
+--max-tasks) leaves the gauges.
 
 Ages are on the exporter's monotonic clock: the start is the monotonic time the event was
 received, minus how long ago (offset-corrected) the worker says it started.
@@ -12,26 +14,28 @@ received, minus how long ago (offset-corrected) the worker says it started.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from exporter.labels import UNKNOWN, Labeler
 from exporter.state.series import Series
 from exporter.state.tasks import Task, queue_of
 from exporter.state.workers import Worker
 
-# An entry: (task, since on the monotonic clock, worker, worker generation at the start).
-# A plain tuple: a NamedTuple costs twice as much to build, on every task-started.
-Run = tuple[Task, float, Worker, int]
-
 
 class Running:
-    def __init__(self, labels: Labeler, interrupted: Series, cap: int) -> None:
+    def __init__(self, labels: Labeler, interrupted: Series, cap: int,
+                 tasks: Mapping[str, Task]) -> None:
         self.labels = labels
         self.interrupted = interrupted
         self.cap = cap
-        self.runs: dict[str, Run] = {}
+        self.tasks = tasks
+        # uuid -> since (monotonic). A float, not a tuple: nothing allocated per start for
+        # the garbage collector to track; the worker and its generation are on the task.
+        self.runs: dict[str, float] = {}
 
-    def start(self, uuid: str, task: Task, since: float, worker: Worker) -> None:
+    def start(self, uuid: str, since: float) -> None:
         """What the task-started handler does inline (it saves a call on the hot path)."""
-        self.runs[uuid] = (task, since, worker, worker.gen)
+        self.runs[uuid] = since
         if len(self.runs) > self.cap:
             self.trim()
 
@@ -48,16 +52,28 @@ class Running:
             return None
         return label, queue_of(task, worker)
 
+    def _current(self, uuid: str) -> Task | None:
+        """The task if it is still executing where it started (not retried, cancelled,
+        evicted, or written off with its worker)."""
+        task = self.tasks.get(uuid)
+        if task is None or task.started is None:
+            return None
+        worker = task.worker
+        if worker is None or worker.gen != task.wgen:
+            return None
+        return task
+
     def lost(self, worker: Worker) -> None:
         """The worker went down or restarted: what it was executing will not finish there.
         Call before its generation moves on."""
         runs = self.runs
-        gone = [uuid for uuid, run in runs.items()
-                if run[2] is worker and run[3] == worker.gen]
-        for uuid in gone:
-            task = runs.pop(uuid)[0]
-            if task.started is None:
-                continue  # retried or cancelled since: that execution ended
+        gone = []
+        for uuid in runs:
+            task = self._current(uuid)
+            if task is not None and task.worker is worker:
+                gone.append((uuid, task))
+        for uuid, task in gone:
+            del runs[uuid]
             names = self._names(task, worker)
             if names is not None:
                 self.interrupted.inc((*names, worker.label))
@@ -66,11 +82,13 @@ class Running:
         """(name, queue) -> (running, age of the oldest), dropping ended entries."""
         out: dict[tuple[str, str], tuple[int, float]] = {}
         runs = self.runs
-        for uuid in [u for u, run in runs.items()
-                     if run[0].started is None or run[2].gen != run[3]]:
+        current = self._current
+        for uuid in [u for u in runs if current(u) is None]:
             del runs[uuid]
-        for task, since, worker, _ in runs.values():
-            names = self._names(task, worker)
+        tasks = self.tasks
+        for uuid, since in runs.items():
+            task = tasks[uuid]
+            names = self._names(task, task.worker)
             if names is None:
                 continue
             age = max(mono - since, 0.0)

@@ -4,7 +4,8 @@ The in-flight table cannot answer this: it is an LRU that, under a backlog, evic
 the oldest tasks. This room keeps its own bounded map uuid -> since (publish time, or the
 ETA when later, on the exporter's monotonic clock) and a heap per queue ordered by since.
 
-The event path stays cheap: task-sent only appends (task, uuid, queue, since) to `fresh`;
+The event path stays cheap: task-sent only stores uuid -> since in `fresh` (a dict of
+strings and floats: no object kept alive, nothing for the garbage collector to traverse);
 `flush` (each tick, about once a second, and before a snapshot) moves those still waiting
 into the map and heaps, so the common task, received within the second, never reaches a
 heap. Received, started or finished tasks leave the map only (the handlers pop `since`,
@@ -30,12 +31,14 @@ _SLACK = 1024  # stale heap entries tolerated beyond the live ones before a rebu
 
 
 class Waiting:
-    def __init__(self, cap: int, max_queues: int, finished: Mapping[str, Finished]) -> None:
+    def __init__(self, cap: int, max_queues: int, tasks: Mapping[str, Task],
+                 finished: Mapping[str, Finished]) -> None:
         self.cap = cap
         self.max_queues = max_queues
+        self.tasks = tasks
         # Tasks that ended (terminal bits set) are not waiting; evicted ones (no bits) may be.
         self.finished = finished
-        self.fresh: list[tuple[Task, str, str, float]] = []
+        self.fresh: dict[str, float] = {}  # uuid -> since, published since the last flush
         self.since: dict[str, float] = {}
         self.heaps: dict[str, list[tuple[float, str]]] = {}
         self.untracked: dict[str, float] = {}  # queue -> earliest since refused at the cap
@@ -46,14 +49,20 @@ class Waiting:
         fresh = self.fresh
         if not fresh:
             return
-        batch = fresh[:]
-        fresh.clear()  # in place: the handlers hold its bound `append`
-        finished = self.finished
-        for task, uuid, queue, since in batch:
-            if task.received is None and task.started is None:
-                ended = finished.get(uuid)
-                if ended is None or not ended.ended:
-                    self.sent(uuid, queue, since)
+        batch = list(fresh.items())
+        fresh.clear()  # in place: the handlers hold it
+        tasks, finished = self.tasks, self.finished
+        for uuid, since in batch:
+            task = tasks.get(uuid)
+            if task is not None:
+                if task.received is None and task.started is None and task.queue is not None:
+                    self.sent(uuid, task.queue, since)
+                continue
+            # Not in the table: finished (not waiting), or evicted by a backlog bigger than
+            # the table (still waiting: this room must keep exactly those).
+            gone = finished.get(uuid)
+            if gone is not None and not gone.ended and gone.queue is not None:
+                self.sent(uuid, gone.queue, since)
 
     def sent(self, uuid: str, queue: str, since: float) -> None:
         heap = self.heaps.get(queue)
