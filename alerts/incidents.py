@@ -35,7 +35,8 @@ class IncidentConfig:
     # A live worker that consumes a queue with a backlog and received nothing for this long.
     ghost_after_seconds: float = 600.0
     ghost_for: str = "5m"
-    # Periodic task name -> the longest normal gap between two publishes (seconds).
+    # Periodic task name -> the longest normal gap between two publishes (seconds). The
+    # entry is an example for the demo's beat schedule (not in proj/ yet): list yours.
     periodic_tasks: tuple[tuple[str, float], ...] = field(
         default=(("tasks.cleanup_sessions", 60.0),))
     periodic_overdue_for: str = "1m"
