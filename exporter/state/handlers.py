@@ -88,7 +88,7 @@ class State:
         # Bound dict pops: no Python frame on the hot path.
         self._not_waiting = self.waiting.since.pop
         self._not_running = self.running.runs.pop
-        self._runs, self._runs_cap = self.running.runs, self.running.cap
+        self._runs = self.running.runs
         self.last_sent: dict[str, float] = {}  # task name label -> exporter wall clock
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp)
                            for metric in m.HISTOGRAMS}
@@ -192,6 +192,7 @@ class State:
         self.table.expire(mono, self.config.task_ttl)
         self.pending.due(mono)
         self.waiting.flush()  # incidents
+        self.running.trim()  # incidents
         self.clocks.roll(mono)
 
     # -- helpers --------------------------------------------------------------------------
@@ -316,8 +317,8 @@ class State:
             last_sent = self.last_sent  # incidents: a dead-man's switch per name
             if names[0] in last_sent or len(last_sent) < self.config.max_series:
                 last_sent[names[0]] = now
-        if task.received is None and task.started is None and task.queue is not None:  # incidents
-            self._fresh[uuid] = self.stamp.mono - (now - task.sent)
+        # incidents: looked at on the next tick (`Waiting.flush` skips what was received).
+        self._fresh[uuid] = self.stamp.mono - (now - task.sent)
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
             self._observe_wait(names, task.started_at, task.sent)
@@ -361,7 +362,6 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
-        self._not_waiting(uuid, None)  # incidents
         release(task)
         task.started = ts
         task.worker = worker
@@ -369,11 +369,9 @@ class State:
         at = Seen(uuid, task, e, worker)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
-        # incidents: running since (monotonic), inlined: one tuple store per task-started.
-        runs = self._runs
-        runs[uuid] = self.stamp.mono - (now - started if now > started else 0.0)
-        if len(runs) > self._runs_cap:
-            self.running.trim()
+        # incidents: running since (monotonic), one dict store; a start stamped ahead of
+        # our clock reads as age 0 (snapshot clamps), the cap is enforced on the tick.
+        self._runs[uuid] = self.stamp.mono - now + started
         if task.sent is not None:
             wait = started - task.sent
             if wait < 0:

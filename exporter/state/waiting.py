@@ -96,11 +96,15 @@ class Waiting:
 
     def _top(self, queue: str) -> float | None:
         heap = self.heaps[queue]
-        since = self.since
+        since, tasks = self.since, self.tasks
         while heap:
             at, uuid = heap[0]
             if since.get(uuid) == at:
-                return at
+                task = tasks.get(uuid)
+                # Started with its task-received lost: only task-received pops `since`.
+                if task is None or (task.received is None and task.started is None):
+                    return at
+                del since[uuid]
             heapq.heappop(heap)
         return None
 
