@@ -215,7 +215,6 @@ class State:
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
         self._not_running(uuid, None)  # incidents
-        self._not_waiting(uuid, None)  # incidents
         if uuid not in self.tasks and uuid not in self.pending.held and \
                 self.table.ended(uuid, _BIT[kind]):
             self.duplicates[kind] += 1

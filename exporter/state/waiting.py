@@ -100,10 +100,16 @@ class Waiting:
         while heap:
             at, uuid = heap[0]
             if since.get(uuid) == at:
+                # Only task-received pops `since` on the event path: a task that started
+                # with its task-received lost, or ended unreceived (revoked), goes here.
                 task = tasks.get(uuid)
-                # Started with its task-received lost: only task-received pops `since`.
-                if task is None or (task.received is None and task.started is None):
-                    return at
+                if task is not None:
+                    if task.received is None and task.started is None:
+                        return at
+                else:
+                    gone = self.finished.get(uuid)
+                    if gone is None or not gone.ended:
+                        return at  # evicted from the table by a backlog: still waiting
                 del since[uuid]
             heapq.heappop(heap)
         return None
