@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter import metrics as m
-from exporter.metrics import Metric
+from celery_events_exporter import metrics as m
+from celery_events_exporter.metrics import Metric
 
 from .config import RulesConfig, seconds
 

@@ -10,12 +10,12 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from exporter.cli import add_broker_args, resolve_broker, setup_logging
-from exporter.config import Config, ConfigError
-from exporter.ingest import make_consumer
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults, ProbeRunner
-from exporter.state import State
+from celery_events_exporter.cli import add_broker_args, resolve_broker, setup_logging
+from celery_events_exporter.config import Config, ConfigError
+from celery_events_exporter.ingest import make_consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults, ProbeRunner
+from celery_events_exporter.state import State
 
 TASK_EVENTS = ("task-received", "task-started", "task-succeeded", "task-failed",
                "task-retried", "task-rejected", "task-revoked")
@@ -150,18 +150,18 @@ def _queues(report: Report, config: Config, state: State) -> None:
     results = ProbeResults()
     probes: list[Probe] = []
     if config.is_redis:
-        from exporter.probes.queues import RedisQueueProbe
-        from exporter.redisconf import parse
+        from celery_events_exporter.probes.queues import RedisQueueProbe
+        from celery_events_exporter.redisconf import parse
 
         probes.append(RedisQueueProbe(parse(config.broker_url, config.transport_options),
                                       lambda: queues, 0, 5))
     elif config.is_amqp:
-        from exporter.probes.queues import AmqpQueueProbe
+        from celery_events_exporter.probes.queues import AmqpQueueProbe
 
         probes.append(AmqpQueueProbe(config.broker_url, config.transport_options,
                                      lambda: queues, 0, 5))
     if config.inspect and any(w.up for w in state.workers.values()):
-        from exporter.probes.workers import InspectProbe
+        from celery_events_exporter.probes.workers import InspectProbe
 
         pipeline = Pipeline(state)
         inspect = InspectProbe(config.broker_url, config.transport_options, pipeline, 0, 2,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import metrics as m
-from exporter.cli import build_parser, config_from_args
-from exporter.config import ConfigError, redact_url, with_password
+from celery_events_exporter import metrics as m
+from celery_events_exporter.cli import build_parser, config_from_args
+from celery_events_exporter.config import ConfigError, redact_url, with_password
 
 
 def config(*argv: str, env: dict[str, str] | None = None, monkeypatch=None):
@@ -24,7 +24,8 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
     full_env = {k: v for k, v in os.environ.items()
                 if not k.startswith("CELERY_") and k != "DJANGO_SETTINGS_MODULE"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "celery_events_exporter.cli", *argv],
+                          capture_output=True,
                           text=True, timeout=60, env=full_env)
 
 

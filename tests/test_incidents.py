@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import metrics as m
-from exporter.probes import ProbeResults
-from exporter.state import State, StateConfig
+from celery_events_exporter import metrics as m
+from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.state import State, StateConfig
 from tests.test_state import T0, W1, W2, counter, ev, feed, lifecycle, online
 
 
@@ -140,7 +140,7 @@ def test_redelivered_task_running_elsewhere_is_interrupted_only_on_its_current_w
 
 
 def test_scrape_shows_running_age_and_interrupted() -> None:
-    from exporter.pipeline import Pipeline
+    from celery_events_exporter.pipeline import Pipeline
     from tests.test_collector import registry_for
 
     state = State(StateConfig(worker_timeout=10))
@@ -247,7 +247,7 @@ def test_an_empty_queue_at_the_probe_clears_what_was_published_before() -> None:
 
 
 def test_scrape_shows_0_for_a_queue_the_probe_finds_empty() -> None:
-    from exporter.pipeline import Pipeline
+    from celery_events_exporter.pipeline import Pipeline
     from tests.test_collector import registry_for
 
     state = State()
@@ -295,8 +295,8 @@ def test_last_sent_per_task_name_is_capped() -> None:
 
 
 def test_scrape_shows_ghost_signals_and_last_sent() -> None:
-    from exporter.pipeline import Pipeline
-    from exporter.state import apply_worker_probe
+    from celery_events_exporter.pipeline import Pipeline
+    from celery_events_exporter.state import apply_worker_probe
     from tests.test_collector import registry_for
 
     state = State()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from exporter.config import Config
-from exporter.ingest.base import Consumer
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.pipeline import Pipeline
 
 
 def make_consumer(config: Config, pipeline: Pipeline) -> Consumer:
     """The Redis fast path for Redis URLs, kombu for everything else (or when asked)."""
     if config.ingest == "redis" or (config.ingest == "auto" and config.is_redis):
-        from exporter.ingest.redis import RedisConsumer
+        from celery_events_exporter.ingest.redis import RedisConsumer
 
         return RedisConsumer(config, pipeline)
-    from exporter.ingest.kombu import KombuConsumer
+    from celery_events_exporter.ingest.kombu import KombuConsumer
 
     return KombuConsumer(config, pipeline)

@@ -14,9 +14,9 @@ from time import sleep as _sleep
 from kombu import Connection, Exchange, Queue
 from kombu import Consumer as KombuMessageConsumer
 
-from exporter.config import Config
-from exporter.ingest.base import Consumer
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.pipeline import Pipeline
 
 QUEUE_TTL = 60.0
 QUEUE_EXPIRES = 60.0

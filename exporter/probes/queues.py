@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from exporter.probes import Probe, ProbeResults
-from exporter.redisconf import RedisTarget
+from celery_events_exporter.probes import Probe, ProbeResults
+from celery_events_exporter.redisconf import RedisTarget
 
 QueueSource = Callable[[], Iterable[str]]
 

@@ -10,13 +10,13 @@ Rooms, imports running one way (handlers -> pending -> tasks, workers -> series,
   handlers  State: one handler per event type, the only room that knows them all
 """
 
-from exporter.state.clocks import OFFSET_WINDOW_SECONDS
-from exporter.state.config import StateConfig
-from exporter.state.handlers import EVENT_REASONS, State
-from exporter.state.pending import PENDING_GRACE, SENT_MEMORY
-from exporter.state.series import Series
-from exporter.state.tasks import Task, parse_eta
-from exporter.state.workers import Worker, apply_worker_probe
+from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS
+from celery_events_exporter.state.config import StateConfig
+from celery_events_exporter.state.handlers import EVENT_REASONS, State
+from celery_events_exporter.state.pending import PENDING_GRACE, SENT_MEMORY
+from celery_events_exporter.state.series import Series
+from celery_events_exporter.state.tasks import Task, parse_eta
+from celery_events_exporter.state.workers import Worker, apply_worker_probe
 
 __all__ = ["EVENT_REASONS", "OFFSET_WINDOW_SECONDS", "PENDING_GRACE", "SENT_MEMORY", "Series",
            "State", "StateConfig", "Task", "Worker", "apply_worker_probe", "parse_eta"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from exporter.labels import Labeler
-from exporter.state.config import MAX_KEY
+from celery_events_exporter.labels import Labeler
+from celery_events_exporter.state.config import MAX_KEY
 
 OFFSET_WINDOW_SECONDS = 300.0
 FUTURE_TOLERANCE = 1.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter import metrics as m
-from exporter.labels import LabelPolicy
+from celery_events_exporter import metrics as m
+from celery_events_exporter.labels import LabelPolicy
 
 # Task ids, node names and task names longer than this are hostile (a uuid is 36 chars, a
 # node name `prefix@fqdn` fits in 320): never kept whole, so they cannot pin memory.

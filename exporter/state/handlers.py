@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from exporter import metrics as m
-from exporter.decode import REASONS
-from exporter.labels import UNKNOWN, Labeler, exception_class
-from exporter.state.clocks import Clocks
-from exporter.state.config import MAX_KEY, StateConfig
-from exporter.state.pending import Op, Pending
-from exporter.state.running import Running
-from exporter.state.series import Series, Stamp
-from exporter.state.tasks import (
+from celery_events_exporter import metrics as m
+from celery_events_exporter.decode import REASONS
+from celery_events_exporter.labels import UNKNOWN, Labeler, exception_class
+from celery_events_exporter.state.clocks import Clocks
+from celery_events_exporter.state.config import MAX_KEY, StateConfig
+from celery_events_exporter.state.pending import Op, Pending
+from celery_events_exporter.state.running import Running
+from celery_events_exporter.state.series import Series, Stamp
+from celery_events_exporter.state.tasks import (
     PREFETCHED,
     SCHEDULED,
     Task,
@@ -34,8 +34,8 @@ from exporter.state.tasks import (
     queue_of,
     release,
 )
-from exporter.state.waiting import Waiting
-from exporter.state.workers import Worker, Workers
+from celery_events_exporter.state.waiting import Waiting
+from celery_events_exporter.state.workers import Worker, Workers
 
 _MAX_EVENT_TYPES = 64
 EVENT_REASONS = ("not_an_object", "missing_type", "bad_timestamp", "bad_field",

@@ -12,11 +12,11 @@ import math
 from collections import OrderedDict
 from typing import NamedTuple
 
-from exporter.labels import UNKNOWN, Labeler
-from exporter.state.config import MAX_KEY
-from exporter.state.series import Series
-from exporter.state.tasks import Task, queue_of
-from exporter.state.workers import Worker
+from celery_events_exporter.labels import UNKNOWN, Labeler
+from celery_events_exporter.state.config import MAX_KEY
+from celery_events_exporter.state.series import Series
+from celery_events_exporter.state.tasks import Task, queue_of
+from celery_events_exporter.state.workers import Worker
 
 # How long worker-side observations wait for a late task-sent, and how long after the last
 # task-sent we keep expecting them (producers without task_send_sent_event send none).

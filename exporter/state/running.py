@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from exporter.labels import UNKNOWN, Labeler
-from exporter.state.series import Series
-from exporter.state.tasks import Task, queue_of
-from exporter.state.workers import Worker
+from celery_events_exporter.labels import UNKNOWN, Labeler
+from celery_events_exporter.state.series import Series
+from celery_events_exporter.state.tasks import Task, queue_of
+from celery_events_exporter.state.workers import Worker
 
 
 class Running:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
 
 
 class Stamp:

@@ -6,12 +6,12 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
-from exporter.labels import UNKNOWN
-from exporter.state.config import MAX_KEY
+from celery_events_exporter.labels import UNKNOWN
+from celery_events_exporter.state.config import MAX_KEY
 
 if TYPE_CHECKING:
-    from exporter.state.series import Stamp
-    from exporter.state.workers import Worker
+    from celery_events_exporter.state.series import Stamp
+    from celery_events_exporter.state.workers import Worker
 
 # Where a task sits in a worker's buffer (received, not started).
 NONE, PREFETCHED, SCHEDULED = 0, 1, 2

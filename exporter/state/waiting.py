@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from exporter.state.tasks import Finished, Task
+    from celery_events_exporter.state.tasks import Finished, Task
 
 _push = heapq.heappush
 _SLACK = 1024  # stale heap entries tolerated beyond the live ones before a rebuild

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from exporter.labels import Labeler
-from exporter.state.config import MAX_KEY, StateConfig
-from exporter.state.series import Series, Stamp
+from celery_events_exporter.labels import Labeler
+from celery_events_exporter.state.config import MAX_KEY, StateConfig
+from celery_events_exporter.state.series import Series, Stamp
 
 
 class Worker:

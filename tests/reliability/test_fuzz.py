@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import CeleryCollector
-from exporter.decode import Invalid, decode_body, decode_envelope
-from exporter.pipeline import Pipeline
-from exporter.state import State, StateConfig
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.decode import Invalid, decode_body, decode_envelope
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State, StateConfig
 from tests.reliability.conftest import promtool_check
 
 MAX_BYTES = 4096  # small, so "oversized" payloads are cheap to generate
