@@ -21,6 +21,7 @@ import yaml
 from celery_events_exporter import metrics as m
 from celery_events_exporter.metrics import Metric
 
+from . import incidents
 from .config import RulesConfig, seconds
 
 RULES_FILE = "celery-rules.yml"
@@ -541,6 +542,7 @@ def build(cfg: RulesConfig | None = None) -> dict[str, Any]:
         # alerts see this step's recorded values (Prometheus itself may lag one interval).
         {"name": "celery.recording", "rules": recording_rules(cfg)},
         {"name": "celery.alerts", "rules": alerting_rules(cfg)},
+        incidents.group(cfg),  # issue 12: stuck, interrupted, starving, ghosts, missed runs
     ]}
 
 

@@ -27,6 +27,7 @@ from celery_events_exporter.exposition import (
 )
 from celery_events_exporter.pipeline import Pipeline
 from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.state import State
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +49,7 @@ class _WorkerRow:
     events_missing: bool
     queues: frozenset[str]
     said_goodbye: bool
+    last_received: float
 
 
 @dataclass(slots=True)
@@ -65,6 +67,8 @@ class _WorkerGroup:
     probed: int = 0
     events_missing: bool = False
     said_goodbye: int = 0
+    last_received: float = 0.0
+    queues: frozenset[str] = frozenset()
 
 
 class CeleryCollector:
@@ -111,7 +115,8 @@ class CeleryCollector:
             workers = [_WorkerRow(w.label if not self.drop_worker else w.hostname,
                                   w.hostname, w.up, w.active, w.prefetched, w.scheduled,
                                   w.last_seen, w.sw_ver, w.sw_ident, w.sw_sys, w.pool,
-                                  w.prefetch_limit, w.events_missing, w.queues, w.said_goodbye)
+                                  w.prefetch_limit, w.events_missing, w.queues, w.said_goodbye,
+                                  w.last_received)
                        for w in state.workers.values()]
             event_types = dict(state.event_types)
             invalid = dict(state.invalid)
@@ -123,6 +128,10 @@ class CeleryCollector:
             tracked = len(state.tasks)
             last_event, lag = state.last_event, state.lag
             missing = state.task_events_missing
+            # Ages run to the state's last tick (at most a second behind): deterministic.
+            running = state.running.snapshot(state.stamp.mono)
+            waiting = self._waiting(state)
+            last_sent = dict(state.last_sent)
             connected, reconnects = self.pipeline.connected, self.pipeline.reconnects
         static = self.static_values
         since = self.pipeline.started
@@ -143,8 +152,17 @@ class CeleryCollector:
                                 data, static, les, self._text.setdefault(metric.key, {}),
                                 created, since, exemplars, zero)
 
+        yield from self._running(running)
+        family = self._gauge(m.TASK_LAST_SENT)
+        for name, at in sorted(last_sent.items()):
+            family.add_metric([name, *static], at)
+        yield family
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
+        family = self._gauge(m.QUEUE_OLDEST_WAITING_AGE)
+        for name, age in sorted(waiting.items()):
+            family.add_metric([name, *static], age)
+        yield family
 
         def one(metric: m.Metric, value: float) -> GaugeMetricFamily:
             family = self._gauge(metric)
@@ -188,6 +206,37 @@ class CeleryCollector:
             text = self._le[bound] = floatToGoString(bound)
         return text
 
+    def _waiting(self, state: State) -> dict[str, float]:
+        """Oldest waiting ages; 0 where the latest queue probe found the queue empty, and
+        what was published before that probe run is forgotten (its received event was
+        lost). Called under the pipeline lock."""
+        with self.probes.lock:
+            lengths = self.probes.queues.length
+            runs = [s.last_run for n, s in self.probes.status.items() if n != "inspect"]
+        stamp = state.stamp
+        waiting = state.waiting
+        if runs and max(runs):
+            measured = stamp.mono - (stamp.wall - max(runs))  # the probe run, monotonic
+            for name, length in lengths.items():
+                if length == 0:
+                    waiting.drained(name, measured)
+        ages = waiting.snapshot(stamp.mono)
+        for name in state.queues_seen:  # published to, nothing waiting now
+            ages.setdefault(name, 0.0)
+        for name, length in lengths.items():
+            if length == 0:
+                ages[name] = 0.0
+        return ages
+
+    def _running(self, running: dict[tuple[str, str], tuple[int, float]]) -> Iterator[Metric]:
+        static = self.static_values
+        count = self._gauge(m.TASK_RUNNING)
+        oldest = self._gauge(m.TASK_OLDEST_RUNNING_AGE)
+        for key, (n, age) in sorted(running.items()):
+            count.add_metric([*key, *static], n)
+            oldest.add_metric([*key, *static], age)
+        yield from (count, oldest)
+
     def _workers(self, workers: list[_WorkerRow], missing: bool) -> Iterator[Metric]:
         static = self.static_values
         up = self._gauge(m.WORKER_UP)
@@ -200,6 +249,8 @@ class CeleryCollector:
         limit = self._gauge(m.WORKER_PREFETCH_LIMIT)
         events_missing = self._gauge(m.WORKER_TASK_EVENTS_MISSING)
         clean = self._gauge(m.WORKER_CLEAN_SHUTDOWN)
+        received = self._gauge(m.WORKER_LAST_RECEIVED)
+        consumes = self._gauge(m.WORKER_QUEUE)
         # Worker gauges are per node: with grouped worker labels several nodes share a
         # label, so their values add up (and `up` counts live nodes).
         groups: dict[str, _WorkerGroup] = {}
@@ -218,6 +269,8 @@ class CeleryCollector:
             g.probed += w.pool is not None
             g.events_missing = g.events_missing or bool(w.events_missing and w.up)
             g.said_goodbye += bool(w.said_goodbye and not w.up)
+            g.last_received = max(g.last_received, w.last_received)
+            g.queues |= w.queues
             if w.sw_ver or w.sw_ident or w.sw_sys:
                 info.add_metric([w.label, w.sw_ver, w.sw_ident, w.sw_sys, *static], 1)
         for label, g in sorted(groups.items()):
@@ -229,11 +282,15 @@ class CeleryCollector:
             seen.add_metric(key, g.last_seen)
             events_missing.add_metric(key, 1.0 if g.events_missing else 0.0)
             clean.add_metric(key, 1.0 if g.said_goodbye == g.nodes else 0.0)
+            if g.last_received:
+                received.add_metric(key, g.last_received)
+            for queue in sorted(g.queues):
+                consumes.add_metric([label, queue, *static], 1)
             if g.probed:
                 pool.add_metric(key, g.pool)
                 limit.add_metric(key, g.limit)
         yield from (up, active, prefetched, scheduled, seen, info, pool, limit, events_missing,
-                    clean)
+                    clean, received, consumes)
 
     def _queues(self, workers: list[_WorkerRow]) -> Iterator[Metric]:
         static = self.static_values

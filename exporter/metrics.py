@@ -92,6 +92,44 @@ RUNTIME = Metric(
 
 HISTOGRAMS: tuple[Metric, ...] = (QUEUE_WAIT, PREFETCH_WAIT, RUNTIME)
 
+# Incident signals: what is stuck, what died with its worker, what nobody picks up.
+TASK_RUNNING = Metric("task_running", "gauge",
+                      "Tasks started and not finished, on workers that are up (absent when "
+                      "none runs).", _TASK)
+TASK_OLDEST_RUNNING_AGE = Metric(
+    "task_oldest_running_age_seconds", "gauge",
+    "Age of the longest-running task of that name and queue (exporter monotonic clock, "
+    "start corrected for the worker's clock offset); absent when none runs.", _TASK)
+TASK_INTERRUPTED = Metric(
+    "task_interrupted_total", "counter",
+    "Tasks that had started on a worker that then went down (heartbeat timeout, "
+    "worker-offline, or a restart announced by worker-online) without a terminal event: "
+    "the work that died with its worker.", _TASK_W)
+
+QUEUE_OLDEST_WAITING_AGE = Metric(
+    "queue_oldest_waiting_age_seconds", "gauge",
+    "Age of the oldest task published to the queue (task-sent) and not yet received by a "
+    "worker; ETA/countdown tasks count from their ETA. 0 when none waits or when the queue "
+    "probe finds the queue empty. Needs task_send_sent_event on producers.", ("queue",))
+
+WORKER_LAST_RECEIVED = Metric(
+    "worker_last_task_received_timestamp_seconds", "gauge",
+    "When the worker last received a task (task-received, exporter clock); before its first, "
+    "when it came online or the exporter first heard of it. A worker that heartbeats while "
+    "this stands still and its queues have a backlog no longer consumes (a ghost).",
+    ("worker",))
+WORKER_QUEUE = Metric("worker_queue_info", "gauge",
+                      "Constant 1 for each queue the worker consumes (inspect active_queues): "
+                      "joins worker signals to queue signals.", ("worker", "queue"))
+TASK_LAST_SENT = Metric("task_last_sent_timestamp_seconds", "gauge",
+                        "When a task of that name was last published (task-sent received, "
+                        "exporter clock): a dead-man's switch for periodic tasks.", ("name",))
+
+INCIDENT_METRICS: tuple[Metric, ...] = (
+    TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED, QUEUE_OLDEST_WAITING_AGE,
+    WORKER_LAST_RECEIVED, WORKER_QUEUE, TASK_LAST_SENT,
+)
+
 WORKER_UP = Metric("worker_up", "gauge",
                    "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "
                    "worker-offline (kept for the down retention, then removed).", ("worker",))
@@ -197,7 +235,8 @@ PROBE_LAST_SUCCESS = Metric(
     "a stalled broker stops this clock instead of freezing the probe.", ("probe",))
 
 ALL: tuple[Metric, ...] = (
-    *TASK_COUNTERS, *HISTOGRAMS, *WORKER_GAUGES, WORKER_INFO, WORKER_POOL_PROCESSES,
+    *TASK_COUNTERS, *HISTOGRAMS, *INCIDENT_METRICS, *WORKER_GAUGES, WORKER_INFO,
+    WORKER_POOL_PROCESSES,
     WORKER_PREFETCH_LIMIT, QUEUE_LENGTH, QUEUE_CONSUMERS, QUEUE_MESSAGES_UNACKED,
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
     EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,

@@ -24,6 +24,7 @@ from celery_events_exporter.labels import UNKNOWN, Labeler, exception_class
 from celery_events_exporter.state.clocks import Clocks
 from celery_events_exporter.state.config import MAX_KEY, StateConfig
 from celery_events_exporter.state.pending import Op, Pending
+from celery_events_exporter.state.running import Running
 from celery_events_exporter.state.series import Series, Stamp
 from celery_events_exporter.state.tasks import (
     PREFETCHED,
@@ -34,6 +35,7 @@ from celery_events_exporter.state.tasks import (
     queue_of,
     release,
 )
+from celery_events_exporter.state.waiting import Waiting
 from celery_events_exporter.state.workers import Worker, Workers
 
 _MAX_EVENT_TYPES = 64
@@ -94,6 +96,18 @@ class State:
         limit = cfg.max_series
         self.counters = {metric.key: Series(metric, limit, (), stamp)
                          for metric in m.TASK_COUNTERS}
+        # Incident signals (issue 12): their own rooms, fed by the marked hooks below.
+        interrupted = Series(m.TASK_INTERRUPTED, limit, (), stamp)
+        self.counters[m.TASK_INTERRUPTED.key] = interrupted
+        self.running = Running(self.labels, interrupted, cfg.max_tasks, self.table.tasks)
+        self.registry.on_down = self.running.lost
+        self.waiting = Waiting(cfg.max_tasks, limit, self.table.tasks, self.table.finished)
+        self._fresh = self.waiting.fresh
+        # Bound dict pops: no Python frame on the hot path.
+        self._not_waiting = self.waiting.since.pop
+        self._not_running = self.running.runs.pop
+        self._runs = self.running.runs
+        self.last_sent: dict[str, float] = {}  # task name label -> exporter wall clock
         self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp,
                                                   exemplars=True)
                            for metric in m.HISTOGRAMS}
@@ -206,6 +220,8 @@ class State:
         self.registry.age(mono, self.counters.values())
         self.table.expire(mono, self.config.task_ttl)
         self.pending.due(mono)
+        self.waiting.flush()  # incidents
+        self.running.trim()  # incidents
         self.clocks.roll(mono)
 
     # -- helpers --------------------------------------------------------------------------
@@ -227,6 +243,7 @@ class State:
 
     def _terminal(self, uuid: object, kind: str) -> Task | None:
         """The task a terminal event ends, or None if its end was counted already."""
+        self._not_running(uuid, None)  # incidents
         task = self.tasks.get(uuid)  # type: ignore[arg-type]
         if task is not None:
             return task
@@ -328,6 +345,11 @@ class State:
         names = self._names(task, e, None)
         if names is not None:
             self._sent.inc(names)
+            last_sent = self.last_sent  # incidents: a dead-man's switch per name
+            if names[0] in last_sent or len(last_sent) < self.config.max_series:
+                last_sent[names[0]] = now
+        # incidents: looked at on the next tick (`Waiting.flush` skips what was received).
+        self._fresh[uuid] = self.stamp.mono - (now - task.sent)
         if task.started_at is not None:
             # The worker started it before this event arrived: the wait is known now.
             self._observe_wait(names, task.started_at, task.sent, uuid)
@@ -351,6 +373,8 @@ class State:
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
         worker.task_events += 1
+        worker.last_received = now  # incidents
+        self._not_waiting(uuid, None)  # incidents
         self._new_attempt(task, e.get("retries"))
         release(task)
         task.received = ts
@@ -383,6 +407,9 @@ class State:
         at = Seen(uuid, task, e, worker)
         self._emit(at, self._started, (worker.label,))
         started = ts + self._offset(worker.hostname, ts, now)
+        # incidents: running since (monotonic), one dict store; a start stamped ahead of
+        # our clock reads as age 0 (snapshot clamps), the cap is enforced on the tick.
+        self._runs[uuid] = self.stamp.mono - now + started
         if task.sent is not None:
             wait = started - task.sent
             if wait < 0:
@@ -511,6 +538,8 @@ class State:
 
     def _on_worker_online(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
+        self.running.lost(worker)  # incidents: a restart ends what it was running
+        worker.last_received = now  # incidents: a new consumer, nothing received yet
         # A restarted node starts with empty buffers and a fresh 'processed' count.
         worker.drop_buffers()
         worker.gap_before = None
@@ -523,6 +552,8 @@ class State:
     def _on_heartbeat(self, e: dict, ts: float, now: float) -> None:
         worker = self._worker(e["hostname"], now)
         self._update_worker(worker, e, ts, now)
+        if not worker.last_received:  # incidents: first heard of, nothing received yet
+            worker.last_received = now
         active = e.get("active")
         if type(active) is int:
             worker.active = active

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from celery_events_exporter.labels import Labeler
@@ -12,10 +12,9 @@ from celery_events_exporter.state.series import Series, Stamp
 
 class Worker:
     __slots__ = ("active", "down_since", "events_missing", "freq", "gap_before", "gen",
-                 "hostname", "label",
-                 "last_processed", "last_seen", "pool", "prefetch_limit", "prefetched",
-                 "queues", "said_goodbye", "scheduled", "seen", "silent_beats", "sw_ident",
-                 "sw_sys", "sw_ver", "task_events", "up")
+                 "hostname", "label", "last_processed", "last_received", "last_seen", "pool",
+                 "prefetch_limit", "prefetched", "queues", "said_goodbye", "scheduled", "seen",
+                 "silent_beats", "sw_ident", "sw_sys", "sw_ver", "task_events", "up")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -24,6 +23,7 @@ class Worker:
         # Down after worker-offline (a deploy, a scale-in) rather than silence (a crash).
         self.said_goodbye = False
         self.last_seen = 0.0  # wall clock: exported as the last heartbeat timestamp
+        self.last_received = 0.0  # wall clock: last task-received (incidents: ghosts)
         self.seen = 0.0  # monotonic: what liveness is judged on
         self.down_since = 0.0  # monotonic
         self.freq = 2.0
@@ -56,6 +56,8 @@ class Workers:
         self.stamp = stamp
         self.workers: dict[str, Worker] = {}
         self.dropped = 0
+        # Told before a worker's buffers and executions are written off (see `running`).
+        self.on_down: Callable[[Worker], None] | None = None
 
     def get(self, hostname: object, now: float) -> Worker:
         """The node an event came from, seen at `now` (up again if it was down)."""
@@ -79,6 +81,8 @@ class Workers:
         return worker
 
     def down(self, worker: Worker) -> None:
+        if self.on_down is not None:
+            self.on_down(worker)
         worker.up = False
         worker.down_since = self.stamp.mono
         worker.active = 0
