@@ -8,6 +8,10 @@ started, succeeded or 1 in 10 failed) through Celery's EventDispatcher flat out 
 --procs processes, and waits until every task is counted. --burst stops the exporter
 (SIGSTOP) while publishing and times the drain of the queued backlog. With --via-redis it
 runs the same against a private redis-server with `--ingest kombu`, for reference.
+--side-by-side runs, in one go and with the same publisher: the Redis fast path on a
+private redis-server, our lean AMQP consumer (exporter/ingest/amqp.py) and the kombu
+consumer (`--ingest kombu`) on one private RabbitMQ, so the ratios share the machine's
+load. --rate paces the publishers (events/s in total; 0 = flat out).
 
 Prints one JSON line: events/s, exporter CPU µs per event, lost tasks, RSS.
 """
@@ -37,9 +41,10 @@ def done(url: str) -> float:
 
 
 def measure(broker: str, n: int, extra: tuple[str, ...], log: str, label: str,
-            procs: int = 2, burst: bool = False) -> dict:
+            procs: int = 2, burst: bool = False, rate: float = 0.0) -> dict:
     res: dict = {"part": "amqp", "label": label + ("-burst" if burst else ""), "n": n,
-                 "burst": burst, "load_before": load()}
+                 "burst": burst, "rate": rate, "load_before": load()}
+    pace = ("--rate", str(rate / procs)) if rate else ()
     with started(broker, *extra, log=log) as exp:
         exp.wait_ready()
         time.sleep(1.0)
@@ -50,7 +55,7 @@ def measure(broker: str, n: int, extra: tuple[str, ...], log: str, label: str,
         t0 = time.time()
         pubs = [subprocess.Popen([sys.executable, PUBLISH, "--broker", broker,
                                   "-n", str(n // procs + (i < n % procs)), "--seed", str(i + 1),
-                                  "--max-seconds", "600"],
+                                  "--max-seconds", "600", *pace],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 for i in range(procs)]
         rate = 0.0
@@ -99,6 +104,22 @@ def run(n: int = 20000, log: str = os.devnull, via_redis: bool = False, procs: i
         return measure(server.url, n, (), log, "ours-amqp", procs, burst)
 
 
+def side_by_side(n: int = 20000, log: str = os.devnull, procs: int = 2,
+                 rate: float = 0.0, burst: bool = False) -> list[dict]:
+    """Redis fast path, lean AMQP consumer, kombu consumer on AMQP: one run, one machine."""
+    rows = []
+    with redis_server("--client-output-buffer-limit", "pubsub 0 0 0") as srv:
+        rows.append(measure(srv.url, n, (), log, "ours-redis", procs, burst, rate))
+    with rabbit_server() as server:
+        rows.append(measure(server.url, n, (), log, "ours-amqp", procs, burst, rate))
+        rows.append(measure(server.url, n, ("--ingest", "kombu"), log, "ours-amqp-kombu",
+                            procs, burst, rate))
+    redis_us = rows[0]["cpu_us_per_event"] or 1e-9
+    for row in rows:
+        row["x_redis"] = round(row["cpu_us_per_event"] / redis_us, 2)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,8 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2, help="publisher processes")
     p.add_argument("--burst", action="store_true",
                    help="stop the exporter (SIGSTOP) while publishing, then time the drain")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="Redis fast path, lean AMQP and kombu-on-AMQP in one run")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="with --side-by-side: events/s in total across publishers, 0 = flat out")
     p.add_argument("--log", default=os.devnull)
     a = p.parse_args(argv)
+    if a.side_by_side:
+        for row in side_by_side(a.n, a.log, a.procs, a.rate, a.burst):
+            print(json.dumps(row), flush=True)
+        return 0
     print(json.dumps(run(a.n, a.log, a.via_redis, a.procs, a.burst)))
     return 0
 

@@ -72,6 +72,33 @@ class Pipeline:
             if now >= self._next_tick:
                 self._tick(now)
 
+    def bodies(self, messages: Iterable[tuple[bytes, str | None]], now: float) -> None:
+        """AMQP (body, content type) pairs of one socket read, received at `now`: decoded
+        outside the lock and applied in one call, as `envelopes` does for Redis."""
+        max_bytes = self.max_bytes
+        events: list = []
+        extend = events.extend
+        invalid = None
+        decoded = False
+        for body, content_type in messages:
+            try:
+                extend(decode_body(body, content_type, max_bytes))
+            except Invalid as exc:
+                if invalid is None:
+                    invalid = []
+                invalid.append(exc.reason)
+                continue
+            decoded = True
+        state = self.state
+        with self.lock:
+            if invalid is not None:
+                for reason in invalid:
+                    state.invalid_event(reason)
+            if decoded:
+                state.ingest(events, now)
+            if now >= self._next_tick:
+                self._tick(now)
+
     def idle(self, now: float) -> None:
         if now >= self._next_tick:
             with self.lock:

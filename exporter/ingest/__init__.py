@@ -8,11 +8,16 @@ from exporter.pipeline import Pipeline
 
 
 def make_consumer(config: Config, pipeline: Pipeline) -> Consumer:
-    """The Redis fast path for Redis URLs, kombu for everything else (or when asked)."""
+    """The Redis fast path for Redis URLs, the lean AMQP reader for AMQP URLs, kombu for
+    everything else (or when asked with --ingest kombu)."""
     if config.ingest == "redis" or (config.ingest == "auto" and config.is_redis):
         from exporter.ingest.redis import RedisConsumer
 
         return RedisConsumer(config, pipeline)
+    if config.ingest == "auto" and config.is_amqp:
+        from exporter.ingest.amqp import AmqpConsumer
+
+        return AmqpConsumer(config, pipeline)
     from exporter.ingest.kombu import KombuConsumer
 
     return KombuConsumer(config, pipeline)
