@@ -37,9 +37,15 @@ PUBLISH = str(REPO / "benchmarks" / "publish.py")
 
 
 def done(url: str) -> float:
+    return counts(url)[0]
+
+
+def counts(url: str) -> tuple[float, float]:
+    """Tasks finished, and events of any type ingested."""
     text, _ = scrape(url)
     return (sum_metric(text, "celery_task_succeeded_total")
-            + sum_metric(text, "celery_task_failed_total"))
+            + sum_metric(text, "celery_task_failed_total"),
+            sum_metric(text, "celery_exporter_events_total"))
 
 
 def publish_raw(broker: str, n: int, seed: int, rate: float, max_seconds: float) -> dict:
@@ -150,7 +156,7 @@ def measure(broker: str, n: int, extra: tuple[str, ...], log: str, label: str,
     with started(broker, *extra, log=log) as exp:
         exp.wait_ready()
         time.sleep(1.0)
-        base = done(exp.url)
+        base, seen0 = counts(exp.url)
         st0 = exp.stats() or {}
         if burst:  # hold the exporter while the queue fills: pure drain cost, no wake-ups
             os.kill(exp.pid, signal.SIGSTOP)
@@ -161,11 +167,14 @@ def measure(broker: str, n: int, extra: tuple[str, ...], log: str, label: str,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 for i in range(procs)]
         rate = 0.0
+        published = 0
         for pub in pubs:
             out, err = pub.communicate(timeout=900)
             if pub.returncode:
                 raise RuntimeError(f"publisher failed: {err.decode()[-1500:]}")
-            rate += json.loads(out.decode().strip().splitlines()[-1])["events_per_s"]
+            row = json.loads(out.decode().strip().splitlines()[-1])
+            rate += row["events_per_s"]
+            published += row["events"]
         if burst:
             os.kill(exp.pid, signal.SIGCONT)
             t0 = time.time()
@@ -184,10 +193,12 @@ def measure(broker: str, n: int, extra: tuple[str, ...], log: str, label: str,
             time.sleep(1.0)
         t1 = time.time()
         st1 = exp.stats() or {}
+        seen = counts(exp.url)[1] - seen0
     finished = value - base
     events = 4 * finished
     cpu = st1.get("cpu_s", 0) - st0.get("cpu_s", 0)
-    res.update(done=int(finished), lost=int(n - finished),
+    res.update(done=int(finished), lost=int(n - finished), events_published=published,
+               events_lost=int(published - seen),
                published_events_per_s=round(rate, 1), publishers=procs,
                events_per_s=round(events / max(t1 - t0, 1e-9), 1),
                cpu_s=round(cpu, 2), cpu_us_per_event=round(cpu / max(events, 1) * 1e6, 1),
