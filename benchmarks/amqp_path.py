@@ -3,8 +3,9 @@
 
 Boots a private RabbitMQ (tests/support/servers.py: own node name, ports and data dir,
 stopped by pid), starts our exporter on it (lean AMQP consumer, exporter/ingest/amqp.py:
-its own exclusive queue bound to the celeryev topic exchange), publishes -n tasks (4 events each: sent, received,
-started, succeeded or 1 in 10 failed) through Celery's EventDispatcher flat out from
+its own exclusive queue bound to the celeryev topic exchange), publishes -n tasks (4
+events each: sent, received, started, succeeded or 1 in 10 failed) through Celery's
+EventDispatcher flat out from
 --procs processes, and waits until every task is counted. --burst stops the exporter
 (SIGSTOP) while publishing and times the drain of the queued backlog. With --via-redis it
 runs the same against a private redis-server with `--ingest kombu`, for reference.
