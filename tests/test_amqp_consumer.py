@@ -142,3 +142,15 @@ def test_stop_ends_the_thread_at_once_and_the_queue_goes(rabbit: RabbitServer) -
     assert consumer.thread is not None and not consumer.thread.is_alive()
     assert time.monotonic() - t < 5  # stop() joins with a 5 s timeout: it did not time out
     wait_until(lambda: name not in list_queues(rabbit), 30, what="the queue to go")
+
+
+@pytest.mark.parametrize(("url", "ingest", "expected"), [
+    ("amqp://guest:guest@127.0.0.1:5672//", "auto", "AmqpConsumer"),
+    ("pyamqp://guest:guest@127.0.0.1:5672//", "auto", "AmqpConsumer"),
+    ("amqp://guest:guest@127.0.0.1:5672//", "kombu", "KombuConsumer"),
+    # Not yet tested behind TLS: stays on kombu.
+    ("amqps://guest:guest@127.0.0.1:5671//", "auto", "KombuConsumer"),
+])
+def test_which_consumer_a_url_gets(url: str, ingest: str, expected: str) -> None:
+    consumer = make_consumer(Config(broker_url=url, ingest=ingest), Pipeline(State()))
+    assert type(consumer).__name__ == expected

@@ -1,8 +1,8 @@
-"""The lean AMQP path (amqp://, amqps://): py-amqp (through kombu) opens the connection and
-declares the queue and the consumer; after that the socket is read here, in large reads,
-by a minimal frame reader (exporter/ingest/amqpframes.py) that hands a read's message
-bodies to the pipeline in one batch. py-amqp's per-frame reads, method parsing, property
-decoding and Message objects were most of the AMQP path's cost.
+"""The lean AMQP path (amqp:// URLs; amqps:// stays on kombu): py-amqp (through kombu)
+opens the connection and declares the queue and the consumer; after that the socket is
+read here, in large reads, by a minimal frame reader (exporter/ingest/amqpframes.py) that
+hands a read's message bodies to the pipeline in one batch. py-amqp's per-frame reads,
+method parsing, property decoding and Message objects were most of the AMQP path's cost.
 
 The queue is the one the kombu consumer declares (exclusive, a fresh name per connection,
 Celery's 5 s message TTL, expiry, count and byte caps): see exporter/ingest/kombu.py.
