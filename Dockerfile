@@ -30,7 +30,7 @@ RUN groupadd --system --gid 10001 celery \
 LABEL org.opencontainers.image.source="https://github.com/celery-events-exporter/celery-events-exporter" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# --- build: the project's wheel (exporter, dashboards and alerts packages) ------------------
+# --- build: the project's wheel (one import package, celery_events_exporter) ----------------
 FROM base AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -1,6 +1,7 @@
 """Prometheus recording and alerting rules for celery-events-exporter.
 
-`python -m alerts --out alerts` regenerates the checked-in `alerts/celery-rules.yml`.
+`python -m celery_events_exporter.alerts --out alerts` regenerates the checked-in
+`alerts/celery-rules.yml`.
 """
 
 from .config import RulesConfig

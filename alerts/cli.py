@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alerts")
+    parser = argparse.ArgumentParser(prog="python -m celery_events_exporter.alerts")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(["rules", *(sys.argv[1:] if argv is None else argv)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 
-from exporter.metrics import DEFAULT_PREFIX
+from celery_events_exporter.metrics import DEFAULT_PREFIX
 
 RUNBOOK = ("https://github.com/celery-events-exporter/celery-events-exporter/blob/main/"
            "docs/runbook.md")

@@ -36,7 +36,7 @@ def exporter_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("celery-events-exporter")
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "exporter.cli"]
+    return [sys.executable, "-m", "celery_events_exporter.cli"]
 
 
 def scrape(url: str, timeout: float = 30.0) -> tuple[str, float]:

@@ -61,7 +61,7 @@ def publish_raw(broker: str, n: int, seed: int, rate: float, max_seconds: float)
     from amqp.basic_message import Message
     from publish import plan
 
-    from exporter.config import Config
+    from celery_events_exporter.config import Config
 
     cfg = Config(broker_url=broker)
     parts = broker.split("://", 1)[1]
@@ -243,10 +243,10 @@ def record(url: str, n: int, max_seconds: float = 300.0) -> tuple[bytes, int]:
     setup (queue declared as it declares it), and the channel they arrive on."""
     from kombu import Connection
 
-    from exporter.config import Config
-    from exporter.ingest.kombu import KombuConsumer
-    from exporter.pipeline import Pipeline
-    from exporter.state import State
+    from celery_events_exporter.config import Config
+    from celery_events_exporter.ingest.kombu import KombuConsumer
+    from celery_events_exporter.pipeline import Pipeline
+    from celery_events_exporter.state import State
 
     conn = Connection(url, connect_timeout=5, heartbeat=0)
     try:
@@ -287,10 +287,10 @@ def stages(n: int = 5000, repeat: int = 3, profile: bool = False) -> dict:
     import cProfile
     import pstats
 
-    from exporter.ingest.amqp import READ_SIZE
-    from exporter.ingest.amqpframes import FrameReader
-    from exporter.pipeline import Pipeline
-    from exporter.state import State
+    from celery_events_exporter.ingest.amqp import READ_SIZE
+    from celery_events_exporter.ingest.amqpframes import FrameReader
+    from celery_events_exporter.pipeline import Pipeline
+    from celery_events_exporter.state import State
 
     url = os.environ.get("CEE_TEST_AMQP_URL")
     if url:

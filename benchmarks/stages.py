@@ -40,11 +40,11 @@ import orjson
 from _common import HARNESS, redis_server
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import CeleryCollector, generate_text
-from exporter.decode import decode_envelope
-from exporter.ingest.redis import FEED_SIZE, READ_SIZE
-from exporter.pipeline import Pipeline
-from exporter.state import State
+from celery_events_exporter.collector import CeleryCollector, generate_text
+from celery_events_exporter.decode import decode_envelope
+from celery_events_exporter.ingest.redis import FEED_SIZE, READ_SIZE
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State
 
 
 def record(n: int, multi: int, max_seconds: float = 120.0) -> bytes:

@@ -1,6 +1,6 @@
 """Grafana dashboards for celery-events-exporter, generated with grafanalib.
 
-`python -m dashboards --out dashboards/json` regenerates the checked-in JSON.
+`python -m celery_events_exporter.dashboards --out dashboards/json` regenerates the checked-in JSON.
 """
 
 from .common import Options

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exporter.metrics import DEFAULT_PREFIX
+from celery_events_exporter.metrics import DEFAULT_PREFIX
 
 from . import generate, upload
 from .common import Options
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards")
+    parser = argparse.ArgumentParser(prog="python -m celery_events_exporter.dashboards")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(["dashboards", *(sys.argv[1:] if argv is None else argv)])

@@ -15,8 +15,8 @@ from typing import Any
 import attr
 from grafanalib import core as g
 
-from exporter import metrics as m
-from exporter.metrics import DEFAULT_PREFIX, Metric
+from celery_events_exporter import metrics as m
+from celery_events_exporter.metrics import DEFAULT_PREFIX, Metric
 
 # Grafana 9+ reads this schema without migrating panel fields away from what we emit.
 SCHEMA_VERSION = 36

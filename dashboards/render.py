@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dashboards.queries import _iter_panels, substitute, variable_values
+from celery_events_exporter.dashboards.queries import _iter_panels, substitute, variable_values
 
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 ROW_HEIGHT_PX = 30  # Grafana's grid unit

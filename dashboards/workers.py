@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafanalib import core as g
 
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
 
 from .common import (
     COUNT,

@@ -10,14 +10,14 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter.collector import CeleryCollector
-from exporter.config import Config
-from exporter.http import ExporterServer, serve
-from exporter.ingest import make_consumer
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults, ProbeRunner
-from exporter.state import State
-from exporter.webconfig import WebConfig
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.config import Config
+from celery_events_exporter.http import ExporterServer, serve
+from celery_events_exporter.ingest import make_consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults, ProbeRunner
+from celery_events_exporter.state import State
+from celery_events_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +62,26 @@ class Exporter:
         probes: list[Probe] = []
         if cfg.probe_interval > 0:
             if cfg.is_redis:
-                from exporter.probes.queues import RedisQueueProbe
-                from exporter.redisconf import parse
+                from celery_events_exporter.probes.queues import RedisQueueProbe
+                from celery_events_exporter.redisconf import parse
 
                 probes.append(RedisQueueProbe(parse(cfg.broker_url, cfg.transport_options),
                                               self.known_queues, cfg.probe_interval,
                                               cfg.probe_timeout))
             elif cfg.is_amqp:
-                from exporter.probes.queues import AmqpQueueProbe
+                from celery_events_exporter.probes.queues import AmqpQueueProbe
 
                 probes.append(AmqpQueueProbe(cfg.broker_url, cfg.transport_options,
                                              self.known_queues, cfg.probe_interval,
                                              cfg.probe_timeout))
             if cfg.rabbitmq_management_url:
-                from exporter.probes.queues import ManagementProbe
+                from celery_events_exporter.probes.queues import ManagementProbe
 
                 probes.append(ManagementProbe(cfg.rabbitmq_management_url, cfg.broker_url,
                                               cfg.probe_interval, cfg.probe_timeout,
                                               cfg.rabbitmq_management_ca))
         if cfg.inspect and cfg.inspect_interval > 0:
-            from exporter.probes.workers import InspectProbe
+            from celery_events_exporter.probes.workers import InspectProbe
 
             probes.append(InspectProbe(cfg.broker_url, cfg.transport_options, self.pipeline,
                                        cfg.inspect_interval, cfg.probe_timeout,

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from exporter.config import (
+from celery_events_exporter.config import (
     ConfigError,
     check_broker_url,
     django_broker,

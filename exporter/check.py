@@ -11,15 +11,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from exporter.brokerargs import add_broker_args, resolve_broker, setup_logging
-from exporter.config import Config, ConfigError
-from exporter.ingest import make_consumer
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults, ProbeRunner
-from exporter.state import State
+from celery_events_exporter.brokerargs import add_broker_args, resolve_broker, setup_logging
+from celery_events_exporter.config import Config, ConfigError
+from celery_events_exporter.ingest import make_consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults, ProbeRunner
+from celery_events_exporter.state import State
 
 if TYPE_CHECKING:
-    from exporter.probes.workers import InspectProbe
+    from celery_events_exporter.probes.workers import InspectProbe
 
 # What `inspect conf` is asked for when no task ran while listening.
 CONF_KEYS = ("worker_send_task_events", "task_send_sent_event")
@@ -165,7 +165,7 @@ def _ask_workers(report: Report, config: Config,
     in CONF_KEYS; None when the workers were not asked or did not answer."""
     if not config.inspect or not any(w.up for w in state.workers.values()):
         return None
-    from exporter.probes.workers import InspectProbe
+    from celery_events_exporter.probes.workers import InspectProbe
 
     inspect = InspectProbe(config.broker_url, config.transport_options, Pipeline(state), 0, 2,
                            live_workers=lambda: sum(w.up for w in state.workers.values()))
@@ -261,13 +261,13 @@ def _queues(report: Report, config: Config, state: State) -> None:
     results = ProbeResults()
     probes: list[Probe] = []
     if config.is_redis:
-        from exporter.probes.queues import RedisQueueProbe
-        from exporter.redisconf import parse
+        from celery_events_exporter.probes.queues import RedisQueueProbe
+        from celery_events_exporter.redisconf import parse
 
         probes.append(RedisQueueProbe(parse(config.broker_url, config.transport_options),
                                       lambda: queues, 0, 5))
     elif config.is_amqp:
-        from exporter.probes.queues import AmqpQueueProbe
+        from celery_events_exporter.probes.queues import AmqpQueueProbe
 
         probes.append(AmqpQueueProbe(config.broker_url, config.transport_options,
                                      lambda: queues, 0, 5))

@@ -13,9 +13,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from exporter import __version__
-from exporter import metrics as m
-from exporter.brokerargs import (
+from celery_events_exporter import __version__
+from celery_events_exporter import metrics as m
+from celery_events_exporter.brokerargs import (
     ENV_PREFIX,
     add_broker_args,
     env,
@@ -24,7 +24,7 @@ from exporter.brokerargs import (
     resolve_broker,
     setup_logging,
 )
-from exporter.config import (
+from celery_events_exporter.config import (
     DEFAULT_PORT,
     Config,
     ConfigError,
@@ -33,11 +33,11 @@ from exporter.config import (
     parse_label_pairs,
     worker_label_policy,
 )
-from exporter.state import StateConfig
+from celery_events_exporter.state import StateConfig
 
 __all__ = ["ENV_PREFIX", "build_parser", "config_from_args", "main"]
 SUBCOMMANDS = ("run", "check", "dashboards", "rules")
-log = logging.getLogger("exporter")
+log = logging.getLogger("celery_events_exporter")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,13 +172,13 @@ def run(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        from exporter import webconfig
+        from celery_events_exporter import webconfig
 
         web = webconfig.load(config.web_config_file) if config.web_config_file else None
     except ConfigError as exc:
         parser.exit(2, f"celery-events-exporter: error: {exc}\n")
     setup_logging(config.log_level)
-    from exporter.app import Exporter
+    from celery_events_exporter.app import Exporter
 
     try:
         exporter = Exporter(config, web, protect_health=args.protect_health)
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == command:
         argv = argv[1:]
     if command == "check":
-        from exporter.check import main as check_main
+        from celery_events_exporter.check import main as check_main
 
         return check_main(argv)
     if command in ("dashboards", "rules"):
@@ -214,9 +214,9 @@ def _generator(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="celery-events-exporter")
     sub = parser.add_subparsers(dest="command", required=True)
     if command == "dashboards":
-        from dashboards import cli as gen
+        from celery_events_exporter.dashboards import cli as gen
     else:
-        from alerts import cli as gen
+        from celery_events_exporter.alerts import cli as gen
     gen.register(sub)
     args = parser.parse_args([command, *argv])
     return gen.run(args)

@@ -21,10 +21,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
-from exporter import __version__
-from exporter import metrics as m
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
+from celery_events_exporter import __version__
+from celery_events_exporter import metrics as m
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
 
 
 @dataclass(slots=True)

@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from exporter import metrics as m
-from exporter.labels import LabelPolicy
-from exporter.state import StateConfig
+from celery_events_exporter import metrics as m
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.state import StateConfig
 
 DEFAULT_PORT = 9540
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "socket"})

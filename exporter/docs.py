@@ -1,7 +1,7 @@
 """Markdown for the README, generated from the catalogue and the parser so it cannot drift.
 
-    python -m exporter.docs metrics   # the metric table
-    python -m exporter.docs flags     # the flag table
+    python -m celery_events_exporter.docs metrics   # the metric table
+    python -m celery_events_exporter.docs flags     # the flag table
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
 
 
 def metric_table(prefix: str = m.DEFAULT_PREFIX) -> str:
@@ -21,7 +21,7 @@ def metric_table(prefix: str = m.DEFAULT_PREFIX) -> str:
 
 
 def flag_table() -> str:
-    from exporter.cli import ENV_PREFIX, build_parser
+    from celery_events_exporter.cli import ENV_PREFIX, build_parser
 
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for action in build_parser()._actions:

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, generate_latest
 
-from exporter import __version__
-from exporter.collector import generate_text
-from exporter.webconfig import WebConfig
+from celery_events_exporter import __version__
+from celery_events_exporter.collector import generate_text
+from celery_events_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

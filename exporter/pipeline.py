@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Iterable
 
-from exporter.decode import DEFAULT_MAX_BYTES, Invalid, decode_body, decode_envelope
-from exporter.state import State
+from celery_events_exporter.decode import DEFAULT_MAX_BYTES, Invalid, decode_body, decode_envelope
+from celery_events_exporter.state import State
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from exporter import metrics as m
-from exporter.decode import REASONS
-from exporter.labels import UNKNOWN, Labeler, LabelPolicy, exception_class
+from celery_events_exporter import metrics as m
+from celery_events_exporter.decode import REASONS
+from celery_events_exporter.labels import UNKNOWN, Labeler, LabelPolicy, exception_class
 
 # Where a task sits in a worker's buffer (received, not started).
 _NONE, _PREFETCHED, _SCHEDULED = 0, 1, 2

@@ -22,7 +22,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from exporter.config import ConfigError
+from celery_events_exporter.config import ConfigError
 
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from dashboards.render import render
+from celery_events_exporter.dashboards.render import render
 from scripts.stack import ROOT, temporary_stack
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts import cli
-from alerts.config import RulesConfig, seconds
-from alerts.promql import metric_names
-from alerts.rules import RULES_FILE, build, render
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
+from celery_events_exporter.alerts import cli
+from celery_events_exporter.alerts.config import RulesConfig, seconds
+from celery_events_exporter.alerts.promql import metric_names
+from celery_events_exporter.alerts.rules import RULES_FILE, build, render
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / RULES_FILE
@@ -26,7 +26,7 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
 RUNBOOK_URL = ("https://github.com/celery-events-exporter/celery-events-exporter/blob/main/"
                "docs/runbook.md")
-REGENERATE = ".venv/bin/python -m alerts --out alerts"
+REGENERATE = ".venv/bin/python -m celery_events_exporter.alerts --out alerts"
 
 EXPECTED_ALERTS = {
     "CeleryTaskFailureBudgetBurn", "CeleryTaskQueueWaitHigh", "CeleryPrefetchBacklog",

@@ -19,12 +19,12 @@ from amqp.basic_message import Message
 from celery import Celery
 from kombu.clocks import LamportClock
 
-from exporter.config import Config
-from exporter.ingest import make_consumer
-from exporter.ingest.amqp import AmqpConsumer
-from exporter.ingest.kombu import QUEUE_EXPIRES, QUEUE_MAX_BYTES, QUEUE_TTL
-from exporter.pipeline import Pipeline
-from exporter.state import State
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest import make_consumer
+from celery_events_exporter.ingest.amqp import AmqpConsumer
+from celery_events_exporter.ingest.kombu import QUEUE_EXPIRES, QUEUE_MAX_BYTES, QUEUE_TTL
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State
 from tests.support.procs import wait_until
 from tests.support.servers import RabbitServer
 from tests.test_amqp_queue_properties import EVENT_PREFIX, _args, list_queues

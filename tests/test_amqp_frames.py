@@ -14,7 +14,7 @@ from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 from amqp.spec import Basic, Channel, Connection
 
-from exporter.ingest.amqpframes import HEARTBEAT, JSON, FrameError, FrameReader
+from celery_events_exporter.ingest.amqpframes import HEARTBEAT, JSON, FrameError, FrameReader
 
 CHANNEL = 1
 

@@ -17,12 +17,17 @@ import uuid
 
 import pytest
 
-from exporter.config import Config
-from exporter.ingest.kombu import QUEUE_EXPIRES, QUEUE_MAX_BYTES, QUEUE_TTL, KombuConsumer
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
-from exporter.probes.workers import InspectProbe
-from exporter.state import State
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.kombu import (
+    QUEUE_EXPIRES,
+    QUEUE_MAX_BYTES,
+    QUEUE_TTL,
+    KombuConsumer,
+)
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.probes.workers import InspectProbe
+from celery_events_exporter.state import State
 from tests.support.procs import wait_until
 from tests.support.servers import RabbitServer
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import metrics as m
-from exporter.cli import build_parser, config_from_args
-from exporter.config import ConfigError, redact_url, with_password
+from celery_events_exporter import metrics as m
+from celery_events_exporter.cli import build_parser, config_from_args
+from celery_events_exporter.config import ConfigError, redact_url, with_password
 
 
 def config(*argv: str, env: dict[str, str] | None = None, monkeypatch=None):
@@ -29,7 +29,8 @@ def run_cli_env() -> dict[str, str]:
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = run_cli_env()
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "celery_events_exporter.cli", *argv],
+                          capture_output=True,
                           text=True, timeout=60, env=full_env)
 
 
@@ -155,7 +156,7 @@ def test_explicit_broker_url_wins_over_django_settings_module_in_the_environment
     """A container image without the Django project, DJANGO_SETTINGS_MODULE still set by the
     deployment: with --broker-url the settings module is not imported at all."""
     env = {"DJANGO_SETTINGS_MODULE": "no_such_project.settings"}
-    code = ("from exporter.cli import build_parser, config_from_args; "
+    code = ("from celery_events_exporter.cli import build_parser, config_from_args; "
             "print(config_from_args(build_parser().parse_args("
             "['--broker-url', 'redis://cache:6379/3'])).broker_url)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -176,7 +177,7 @@ def test_explicit_broker_url_wins_over_django_settings_module_in_the_environment
 def test_django_settings_module_in_the_environment_is_used_without_a_url(
         tmp_path: Path) -> None:
     (tmp_path / "envsite_settings.py").write_text('CELERY_BROKER_URL = "redis://cache:6379/4"\n')
-    code = ("from exporter.cli import build_parser, config_from_args; "
+    code = ("from celery_events_exporter.cli import build_parser, config_from_args; "
             "print(config_from_args(build_parser().parse_args([])).broker_url)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path,
@@ -193,8 +194,9 @@ def test_broken_django_settings_module_without_a_url_names_the_variable() -> Non
 
 
 def test_check_and_cli_do_not_import_each_other() -> None:
-    code = ("import sys, exporter.check; assert 'exporter.cli' not in sys.modules; "
-            "import exporter.cli; print('ok')")
+    code = ("import sys, celery_events_exporter.check; "
+            "assert 'celery_events_exporter.cli' not in sys.modules; "
+            "import celery_events_exporter.cli; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, env=run_cli_env())
     assert result.stdout.strip() == "ok", result.stderr

@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.collector import CeleryCollector
-from exporter.labels import LabelPolicy
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults
-from exporter.state import State, StateConfig, apply_worker_probe
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults
+from celery_events_exporter.state import State, StateConfig, apply_worker_probe
 from tests.test_state import T0, W1, W2, feed, lifecycle, online
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"

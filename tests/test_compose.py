@@ -388,14 +388,14 @@ def exporter_environment(env: dict[str, str]) -> Iterator[None]:
 
 
 def exporter_config(compose: Compose) -> Any:
-    from exporter.cli import build_parser, config_from_args
+    from celery_events_exporter.cli import build_parser, config_from_args
 
     with exporter_environment(compose.environment("exporter")):
         return config_from_args(build_parser().parse_args(compose.command("exporter")))
 
 
 def test_exporter_flags_and_environment_exist(compose: Compose) -> None:
-    from exporter.cli import build_parser
+    from celery_events_exporter.cli import build_parser
 
     parser = build_parser()
     flags = {option for action in parser._actions for option in action.option_strings}
@@ -976,7 +976,7 @@ def test_dockerfile_targets_users_and_entrypoints() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert _exec_form(entrypoint) == ["celery-events-exporter"]
     assert "celery-events-exporter" in scripts
-    from exporter.config import DEFAULT_PORT
+    from celery_events_exporter.config import DEFAULT_PORT
 
     assert exporter.all("EXPOSE") == [str(DEFAULT_PORT)]
     (healthcheck,) = exporter.all("HEALTHCHECK")

@@ -18,14 +18,21 @@ from typing import Any
 import pytest
 import yaml
 
-from alerts.promql import metric_names
-from dashboards import Options, build_all, cli, panel_queries, render_all, upload
-from dashboards.generate import JSON_DIR
-from dashboards.queries import variable_queries
-from exporter import metrics as m
+from celery_events_exporter import metrics as m
+from celery_events_exporter.alerts.promql import metric_names
+from celery_events_exporter.dashboards import (
+    Options,
+    build_all,
+    cli,
+    panel_queries,
+    render_all,
+    upload,
+)
+from celery_events_exporter.dashboards.generate import JSON_DIR
+from celery_events_exporter.dashboards.queries import variable_queries
 
 ROOT = Path(__file__).resolve().parent.parent
-REGENERATE = ".venv/bin/python -m dashboards --out dashboards/json"
+REGENERATE = ".venv/bin/python -m celery_events_exporter.dashboards --out dashboards/json"
 UIDS = {
     "celery-overview.json": "celery-overview",
     "celery-tasks.json": "celery-tasks",

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from exporter.decode import Invalid, decode_body, decode_envelope
+from celery_events_exporter.decode import Invalid, decode_body, decode_envelope
 
 
 class Exploding:

@@ -27,13 +27,13 @@ from kombu import Exchange, Producer
 from kombu.clocks import LamportClock
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter import metrics as m
-from exporter.collector import CeleryCollector, generate_text
-from exporter.config import Config
-from exporter.ingest.kombu import KombuConsumer
-from exporter.ingest.redis import RedisConsumer
-from exporter.pipeline import Pipeline
-from exporter.state import State
+from celery_events_exporter import metrics as m
+from celery_events_exporter.collector import CeleryCollector, generate_text
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.kombu import KombuConsumer
+from celery_events_exporter.ingest.redis import RedisConsumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State
 
 pytestmark = pytest.mark.redis
 

@@ -15,7 +15,8 @@ README = ROOT / "README.md"
 def _generated(what: str) -> str:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("CELERY_") and k != "DJANGO_SETTINGS_MODULE"}
-    return subprocess.run([sys.executable, "-m", "exporter.docs", what], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "celery_events_exporter.docs", what],
+                          capture_output=True,
                           text=True, check=True, env=env, cwd=ROOT, timeout=60).stdout
 
 

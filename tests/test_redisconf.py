@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kombu import Connection
 
-from exporter.redisconf import parse
+from celery_events_exporter.redisconf import parse
 
 
 @pytest.mark.parametrize(("url", "options", "expected"), [

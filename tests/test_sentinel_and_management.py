@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from exporter.config import Config
-from exporter.ingest import make_consumer
-from exporter.pipeline import Pipeline
-from exporter.probes import ProbeResults, ProbeRunner
-from exporter.probes.queues import ManagementProbe
-from exporter.state import State
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest import make_consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import ProbeResults, ProbeRunner
+from celery_events_exporter.probes.queues import ManagementProbe
+from celery_events_exporter.state import State
 from tests.support.servers import RabbitServer, free_port, redis_server, stop_proc, wait_for_port
 
 

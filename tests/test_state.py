@@ -7,9 +7,9 @@ from datetime import UTC
 
 import pytest
 
-from exporter import metrics as m
-from exporter.labels import LabelPolicy
-from exporter.state import State, StateConfig, apply_worker_probe
+from celery_events_exporter import metrics as m
+from celery_events_exporter.labels import LabelPolicy
+from celery_events_exporter.state import State, StateConfig, apply_worker_probe
 
 T0 = 1_700_000_000.0
 W1, W2 = "celery@w1", "celery@w2"

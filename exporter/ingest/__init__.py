@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exporter.config import Config
-from exporter.ingest.base import Consumer
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.pipeline import Pipeline
 
 LEAN_AMQP_SCHEMES = frozenset({"amqp", "pyamqp"})
 
@@ -14,13 +14,13 @@ def make_consumer(config: Config, pipeline: Pipeline) -> Consumer:
     kombu for everything else (or when asked with --ingest kombu). amqps:// stays on kombu
     until the lean reader has been tested behind TLS."""
     if config.ingest == "redis" or (config.ingest == "auto" and config.is_redis):
-        from exporter.ingest.redis import RedisConsumer
+        from celery_events_exporter.ingest.redis import RedisConsumer
 
         return RedisConsumer(config, pipeline)
     if config.ingest == "auto" and config.scheme in LEAN_AMQP_SCHEMES:
-        from exporter.ingest.amqp import AmqpConsumer
+        from celery_events_exporter.ingest.amqp import AmqpConsumer
 
         return AmqpConsumer(config, pipeline)
-    from exporter.ingest.kombu import KombuConsumer
+    from celery_events_exporter.ingest.kombu import KombuConsumer
 
     return KombuConsumer(config, pipeline)

@@ -20,11 +20,11 @@ from typing import Any
 
 from kombu import Connection
 
-from exporter.config import Config
-from exporter.ingest.amqpframes import HEARTBEAT, FrameReader
-from exporter.ingest.base import Consumer
-from exporter.ingest.kombu import DRAIN_TIMEOUT, KombuConsumer
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.amqpframes import HEARTBEAT, FrameReader
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.ingest.kombu import DRAIN_TIMEOUT, KombuConsumer
+from celery_events_exporter.pipeline import Pipeline
 
 READ_SIZE = 1 << 18
 # After a read smaller than COALESCE_BYTES (a trickle, not a flood) wait COALESCE_SECONDS

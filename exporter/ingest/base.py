@@ -8,8 +8,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from exporter.config import Config
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 from kombu import Connection, Exchange, Message, Queue
 from kombu import Consumer as KombuMessageConsumer
 
-from exporter.config import Config
-from exporter.ingest.base import Consumer
-from exporter.pipeline import Pipeline
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.pipeline import Pipeline
 
 # Celery's event_queue_ttl: an event still queued after 5 s is stale for a live view, and
 # a stalled exporter must not make the broker hoard the whole fleet's stream for it.

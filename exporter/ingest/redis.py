@@ -14,10 +14,10 @@ import time
 
 import hiredis
 
-from exporter.config import Config
-from exporter.ingest.base import Consumer
-from exporter.pipeline import Pipeline
-from exporter.redisconf import RedisTarget, parse
+from celery_events_exporter.config import Config
+from celery_events_exporter.ingest.base import Consumer
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.redisconf import RedisTarget, parse
 
 READ_SIZE = 1 << 20
 FEED_SIZE = 16 << 10

@@ -7,8 +7,8 @@ import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from exporter.probes import Probe, ProbeResults
-from exporter.redisconf import RedisTarget
+from celery_events_exporter.probes import Probe, ProbeResults
+from celery_events_exporter.redisconf import RedisTarget
 
 QueueSource = Callable[[], Iterable[str]]
 

@@ -10,9 +10,9 @@ import contextlib
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults
-from exporter.state import apply_worker_probe
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults
+from celery_events_exporter.state import apply_worker_probe
 
 # Consecutive unanswered broadcasts stretch the interval up to this factor: each one costs
 # every refusing worker a CRITICAL line in its log.

@@ -143,10 +143,10 @@ def test_exporter_inspect_probe_explains_signed_workers(signing_worker: Worker,
                                                         demo: DemoEnv) -> None:
     """A signing worker refuses the exporter's unsigned broadcast: the probe says so and why,
     and backs off so the worker's log is not flooded."""
-    from exporter.pipeline import Pipeline
-    from exporter.probes import ProbeResults, ProbeRunner
-    from exporter.probes.workers import MAX_BACKOFF, InspectProbe
-    from exporter.state import State
+    from celery_events_exporter.pipeline import Pipeline
+    from celery_events_exporter.probes import ProbeResults, ProbeRunner
+    from celery_events_exporter.probes.workers import MAX_BACKOFF, InspectProbe
+    from celery_events_exporter.state import State
 
     probe = InspectProbe(demo.broker_url, {}, Pipeline(State()), 60, 2, live_workers=lambda: 1)
     results = ProbeResults()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.queries import panel_queries
+from celery_events_exporter.dashboards.queries import panel_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 240
@@ -178,7 +178,7 @@ def test_load_fires_alerts_through_alertmanager_to_the_webhook(demo: Demo,
 
 
 def test_dashboards_render_from_real_data(demo: Demo, tmp_path: Path) -> None:
-    from dashboards.render import render
+    from celery_events_exporter.dashboards.render import render
 
     end = time.time()
     for path in sorted((ROOT / "dashboards" / "json").glob("*.json")):

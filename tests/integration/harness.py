@@ -340,7 +340,7 @@ class RedisEventTap:
 
 def exporter_argv() -> list[str]:
     exe = BIN / "celery-events-exporter"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "exporter.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "celery_events_exporter.cli"]
 
 
 def run_check(procs: Procs, broker: Broker, seconds: float, name: str = "check") -> Proc:

@@ -24,12 +24,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import CeleryCollector
-from exporter.pipeline import Pipeline
-from exporter.probes import Probe, ProbeResults, ProbeRunner
-from exporter.probes.queues import AmqpQueueProbe
-from exporter.probes.workers import InspectProbe
-from exporter.state import State
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.probes import Probe, ProbeResults, ProbeRunner
+from celery_events_exporter.probes.queues import AmqpQueueProbe
+from celery_events_exporter.probes.workers import InspectProbe
+from celery_events_exporter.state import State
 from tests.support.procs import (
     ExporterProc,
     Producer,

@@ -17,9 +17,9 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import CeleryCollector
-from exporter.pipeline import Pipeline
-from exporter.state import State, StateConfig
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State, StateConfig
 from tests.reliability.conftest import promtool_check
 from tests.support.events import envelope, publish
 from tests.support.procs import exporter, wait_until

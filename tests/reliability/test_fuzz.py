@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from kombu import Message as KombuMessage
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import CeleryCollector
-from exporter.ingest.kombu import amqp_on_message, kombu_on_message
-from exporter.pipeline import Pipeline
-from exporter.state import State, StateConfig
+from celery_events_exporter.collector import CeleryCollector
+from celery_events_exporter.ingest.kombu import amqp_on_message, kombu_on_message
+from celery_events_exporter.pipeline import Pipeline
+from celery_events_exporter.state import State, StateConfig
 from tests.reliability.conftest import promtool_check
 
 MAX_BYTES = 4096  # small, so "oversized" payloads are cheap to generate

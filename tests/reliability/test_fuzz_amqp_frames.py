@@ -15,7 +15,7 @@ from amqp.spec import Basic
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from exporter.ingest.amqpframes import HEARTBEAT, JSON, FrameReader
+from celery_events_exporter.ingest.amqpframes import HEARTBEAT, JSON, FrameReader
 from tests.reliability.test_fuzz import (
     AMQP_SEEDS,
     FUZZ_SETTINGS,
