@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from celery_events_exporter.decode import DEFAULT_MAX_BYTES, Invalid, decode_body, decode_envelope
 from celery_events_exporter.state import State
@@ -35,17 +36,27 @@ class Pipeline:
 
     def envelopes(self, raws: Iterable[bytes], now: float) -> None:
         """Redis pub/sub payloads (kombu JSON envelopes) received at `now`."""
+        max_bytes = self.max_bytes
+        self._decode_and_apply(raws, now, lambda raw: decode_envelope(raw, max_bytes))
+
+    def bodies(self, messages: Iterable[tuple[bytes, str | None]], now: float) -> None:
+        """AMQP (body, content type) pairs of one socket read, received at `now`."""
+        max_bytes = self.max_bytes
+        self._decode_and_apply(messages, now,
+                               lambda message: decode_body(message[0], message[1], max_bytes))
+
+    def _decode_and_apply(self, items: Iterable[Any], now: float,
+                          decode: Callable[[Any], list]) -> None:
         # Decoding is pure: do it before taking the lock, so a scrape waits at most for
         # the state updates of one read, and apply the read's events in one call (the
         # same numbers as one call per message: they share `now`).
-        max_bytes = self.max_bytes
         events: list = []
         extend = events.extend
         invalid = None
         decoded = False
-        for raw in raws:
+        for item in items:
             try:
-                extend(decode_envelope(raw, max_bytes))
+                extend(decode(item))
             except Invalid as exc:
                 if invalid is None:
                     invalid = []
