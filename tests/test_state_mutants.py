@@ -115,10 +115,11 @@ def test_offset_is_the_minimum_over_the_current_and_the_previous_window() -> Non
 
 def test_offset_windows_roll_over_so_an_old_minimum_is_forgotten() -> None:
     # The producer's clock steps back 100 s after the first window. Two window lengths
-    # later the old minimum (0) has rolled out, so its events are corrected by 100 s.
+    # later the old minimum (0, two samples: the estimate is the second smallest) has
+    # rolled out, so its events are corrected by 100 s.
     state = State()
     state.tick(T0)
-    state.ingest([sent("warm", T0)], T0)
+    state.ingest([sent("warm", T0), sent("warm2", T0)], T0)
     state.ingest([ev("worker-online", T0, freq=2.0)], T0)
     state.tick(T0 + 300)
     state.ingest([sent("mid", T0 + 350 - 100)], T0 + 350)
