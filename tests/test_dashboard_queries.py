@@ -15,8 +15,9 @@ JOB = 'job="celery"'
 
 
 def concrete(expr: str) -> str:
-    """Grafana's variables as the e2e test substitutes them: one job, one cluster."""
-    values = {"job": "celery", "cluster": "eu", "__rate_interval": "5m"}
+    """Grafana's variables as the e2e test substitutes them: one job, one cluster, every
+    exporter replica (the instance variable's "All", its allValue)."""
+    values = {"job": "celery", "cluster": "eu", "instance": ".*", "__rate_interval": "5m"}
     return re.sub(r"\$(\w+)", lambda mt: values[mt.group(1)], expr)
 
 
@@ -49,6 +50,29 @@ def test_workers_lost_honours_extra_matchers_on_both_sides(tmp_path: Path) -> No
     series = {up("a"): "0x5", clean("a"): "0x5", up("b"): "0x5", clean("b"): "1x5"}
     expr = concrete(Q.for_options(Options()).workers_lost('worker="a"'))
     check_expr(tmp_path, expr, series, "4m", [("{}", 1)])
+
+
+def test_workers_lost_counts_a_worker_once_however_many_replicas_report_it(
+        tmp_path: Path) -> None:
+    # An HA pair of exporters: both see the same crash, and one replica's gauges are enough.
+    series = {}
+    for replica in ("exporter-0:9540", "exporter-1:9540"):
+        where = f'{JOB}, instance="{replica}", pod="{replica[:10]}"'
+        series.update({
+            f'celery_worker_up{{{where}, worker="crashed"}}': "0x5",
+            f'celery_worker_clean_shutdown{{{where}, worker="crashed"}}': "0x5",
+            f'celery_worker_up{{{where}, worker="deployed"}}': "0x5",
+            f'celery_worker_clean_shutdown{{{where}, worker="deployed"}}': "1x5"})
+    expr = concrete(Q.for_options(Options()).workers_lost())
+    check_expr(tmp_path, expr, series, "4m", [("{}", 1)])
+
+
+def test_sum_rate_counts_a_task_once_however_many_replicas_report_it(tmp_path: Path) -> None:
+    name = "celery_task_succeeded_total"
+    series = {f'{name}{{{JOB}, instance="{replica}", name="a", queue="q", worker="w"}}':
+              "0+60x10" for replica in ("exporter-0:9540", "exporter-1:9540")}
+    expr = concrete(Q.for_options(Options()).sum_rate(m.TASK_SUCCEEDED, by="name"))
+    check_expr(tmp_path, expr, series, "8m", [('{name="a"}', 1.0)])
 
 
 @pytest.mark.parametrize(("metric", "absent"), [(m.TASK_FAILED, 0.0), (m.TASK_SUCCEEDED, None)])
@@ -91,7 +115,7 @@ def test_cluster_label_and_prefix_reach_the_selector(tmp_path: Path) -> None:
 def test_options_accept_upper_case_names() -> None:
     opts = Options(cluster_label="Dc", prefix="Acme")
     assert Q.for_options(opts).m(m.WORKER_UP) == (
-        'Acme_worker_up{job="celery", Dc=~"$cluster", job=~"$job"}')
+        'Acme_worker_up{job="celery", Dc=~"$cluster", job=~"$job", instance=~"$instance"}')
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -108,9 +132,9 @@ def test_bad_options_name_the_flag(kwargs: dict[str, str], message: str) -> None
     assert str(info.value) == message
 
 
-def test_an_empty_job_selector_leaves_only_the_job_variable() -> None:
+def test_an_empty_job_selector_leaves_only_the_variable_matchers() -> None:
     q = Q.for_options(Options(job_selector=""))
-    assert q.m(m.WORKER_UP) == 'celery_worker_up{job=~"$job"}'
+    assert q.m(m.WORKER_UP) == 'celery_worker_up{job=~"$job", instance=~"$instance"}'
     job = next(v for v in variables(q) if v.name == "job")
     assert job.query == "label_values(celery_exporter_build_info{}, job)"
 

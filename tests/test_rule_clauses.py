@@ -17,6 +17,8 @@ from tests.support.promql import check_expr
 TARGET = 'job="celery", instance="exporter:9540"'
 HEALTHY = {
     f"celery_exporter_event_lag_seconds{{{TARGET}}}": "1x30",
+    # Events still arriving: the last one is stamped at each step's own time (1m steps).
+    f"celery_exporter_last_event_timestamp_seconds{{{TARGET}}}": "0+60x30",
     f"celery_exporter_series_dropped_total{{{TARGET}, metric=\"celery_task_sent\"}}": "0x30",
     f"celery_exporter_events_invalid_total{{{TARGET}, reason=\"malformed_json\"}}": "0x30",
     f"celery_exporter_tasks_evicted_total{{{TARGET}, reason=\"capacity\"}}": "0x30",
@@ -47,6 +49,17 @@ def test_falling_behind_fires_on_each_signal_alone_and_names_it(
     expr = f"count by (job, instance, reason) ({alert_expr('CeleryExporterFallingBehind')})"
     check_expr(tmp_path, expr, inputs, "20m",
                [(f'{{{TARGET}, reason="{reason}"}}', 1)])
+
+
+@pytest.mark.parametrize(("lag", "last_event"), [
+    ("120x14 1 120x15", "0+60x30"),  # one event on time 5m ago: not every event was late
+    ("120x30", "0+60x15 900x15"),  # no event for 5m: events_stopped's case, not event_lag
+])
+def test_event_lag_needs_every_event_late_while_events_still_arrive(
+        tmp_path: Path, lag: str, last_event: str) -> None:
+    inputs = {**HEALTHY, f"celery_exporter_event_lag_seconds{{{TARGET}}}": lag,
+              f"celery_exporter_last_event_timestamp_seconds{{{TARGET}}}": last_event}
+    check_expr(tmp_path, alert_expr("CeleryExporterFallingBehind"), inputs, "20m", [])
 
 
 def test_falling_behind_is_silent_when_healthy_and_for_ttl_evictions(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ test names the change it was written to catch; scripts/mutation measures the res
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -36,8 +37,11 @@ def sent(uuid: str, ts: float, **fields: object) -> dict:
 
 def scrape(state: State, probes: ProbeResults | None = None,
            pipeline: Pipeline | None = None) -> CollectorRegistry:
+    """A registry whose first scrape is done: new task series show their values, not the
+    0 the first scrape shows them at (zero-first, so rate() sees the first increment)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CeleryCollector(pipeline or Pipeline(state), probes))
+    list(registry.collect())
     return registry
 
 
@@ -111,10 +115,11 @@ def test_offset_is_the_minimum_over_the_current_and_the_previous_window() -> Non
 
 def test_offset_windows_roll_over_so_an_old_minimum_is_forgotten() -> None:
     # The producer's clock steps back 100 s after the first window. Two window lengths
-    # later the old minimum (0) has rolled out, so its events are corrected by 100 s.
+    # later the old minimum (0, two samples: the estimate is the second smallest) has
+    # rolled out, so its events are corrected by 100 s.
     state = State()
     state.tick(T0)
-    state.ingest([sent("warm", T0)], T0)
+    state.ingest([sent("warm", T0), sent("warm2", T0)], T0)
     state.ingest([ev("worker-online", T0, freq=2.0)], T0)
     state.tick(T0 + 300)
     state.ingest([sent("mid", T0 + 350 - 100)], T0 + 350)
@@ -127,10 +132,14 @@ def test_offset_windows_roll_over_so_an_old_minimum_is_forgotten() -> None:
 
 
 def test_offset_window_does_not_roll_before_its_length() -> None:
+    # Two samples at offset 0 (one alone cannot set the estimate: it is the second
+    # smallest). Two ticks inside the window: a window rolled at either would have pushed
+    # the zeros out of both windows by the time "a" arrives 100 s late.
     state = State()
     state.tick(T0)
-    state.ingest([sent("warm", T0)], T0)
+    state.ingest([sent("warm", T0), sent("warm2", T0)], T0)
     state.ingest([ev("worker-online", T0, freq=2.0)], T0)
+    state.tick(T0 + 150)
     state.tick(T0 + 299)  # not yet: the producer's 0 offset is still current
     state.ingest([sent("a", T0 + 300 - 100)], T0 + 300)
     state.ingest([ev("task-started", T0 + 300, uuid="a")], T0 + 300)
@@ -255,18 +264,20 @@ def test_heartbeats_without_growth_are_not_silent() -> None:
 def test_reconnect_after_an_outage_does_not_call_live_workers_dead() -> None:
     # While the exporter cannot reach the broker no heartbeat can arrive. Coming back, the
     # workers' last-seen moves to the reconnect, so the next tick does not time them out.
+    # Workers age on the monotonic clock, which the pipeline reads itself at the reconnect:
+    # the worker's last event is placed 120 s (the outage) before now on that clock.
     state = State()
     pipeline = Pipeline(state)
     pipeline.set_connected(True, T0)
-    pipeline.body(b'[{"type": "worker-online", "timestamp": %f, "hostname": "%s", '
-                  b'"freq": 2.0}]' % (T0, W.encode()), "application/json", T0)
+    state.ingest([ev("worker-online", T0, freq=30.0)], T0, time.monotonic() - 120)
     pipeline.set_connected(False, T0 + 1)
-    pipeline.set_connected(True, T0 + 60)
-    pipeline.idle(T0 + 61)
+    pipeline.set_connected(True, T0 + 120)
+    back = time.monotonic()  # at or after the reconnect's own clock read
+    state.tick(T0 + 121, back)
     registry = scrape(state, pipeline=pipeline)
     assert registry.get_sample_value("celery_worker_up", {"worker": W}) == 1
     assert registry.get_sample_value("celery_exporter_broker_reconnects_total") == 1
-    pipeline.idle(T0 + 65)  # 2 x freq after the reconnect without a heartbeat: now down
+    state.tick(T0 + 181, back + 60.001)  # 2 x freq after the reconnect, no heartbeat: down
     registry = scrape(state, pipeline=pipeline)
     assert registry.get_sample_value("celery_worker_up", {"worker": W}) == 0
 
