@@ -160,6 +160,22 @@ def test_wheel_installs_only_its_own_top_level_names(built: Built) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == TOP_LEVEL
 
 
+def test_wheel_ships_every_module_of_the_repository(built: Built) -> None:
+    """The package list in pyproject is explicit (the import name is mapped onto three
+    folders): a new subpackage left out of it would import in the repo and not installed."""
+    folders = {"exporter": "celery_events_exporter",
+               "dashboards": "celery_events_exporter/dashboards",
+               "alerts": "celery_events_exporter/alerts"}
+    expected = set()
+    for folder, target in folders.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                expected.add(f"{target}/{path.relative_to(ROOT / folder).as_posix()}")
+    with zipfile.ZipFile(built.wheel) as whl:
+        shipped = {n for n in whl.namelist() if n.endswith(".py")}
+    assert expected <= shipped, sorted(expected - shipped)
+
+
 def test_wheel_ships_the_dashboards_and_rules(venv: Venv) -> None:
     from celery_events_exporter.alerts.rules import RULES_FILE
 
