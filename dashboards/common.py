@@ -189,12 +189,24 @@ def up_down_mappings() -> list[dict[str, Any]]:
 Target = tuple[str, str]  # (expr, legend)
 
 
+class _Target(g.Target):
+    """grafanalib's Target with Grafana's `exemplar` switch: latency quantiles show the
+    exemplars the exporter puts on histogram buckets (task ids), which the provisioned
+    Prometheus datasource links to Flower."""
+
+    def to_json_data(self) -> dict:
+        data = super().to_json_data()
+        if not self.instant and "histogram_quantile(" in self.expr:
+            data["exemplar"] = True
+        return data
+
+
 def _targets(targets: Sequence[Target], instant: bool = False, fmt: str = "time_series"
              ) -> list[g.Target]:
     return [
         # intervalFactor 1: grafanalib's default of 2 halves the resolution of every graph.
-        g.Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i),
-                 datasource=DATASOURCE, instant=instant, format=fmt, intervalFactor=1)
+        _Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i),
+                datasource=DATASOURCE, instant=instant, format=fmt, intervalFactor=1)
         for i, (expr, legend) in enumerate(targets)
     ]
 

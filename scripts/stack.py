@@ -355,7 +355,8 @@ class Stack:
         port = free_port()
         service = self._spawn("prometheus", [
             exe, f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"])
+            f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage"])
         self.prometheus_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.prometheus_url}/-/ready", 60, service.proc)
         service.url = self.prometheus_url

@@ -843,6 +843,13 @@ def test_grafana_provisioning(compose: Compose) -> None:
     assert defaults <= {prometheus["name"], prometheus["uid"]}, defaults
     scrape_interval = prometheus_config(compose)["global"]["scrape_interval"]
     assert prometheus["jsonData"]["timeInterval"] == scrape_interval
+    # Exemplars (task ids on latency buckets) are stored and link to the task in Flower.
+    assert "--enable-feature=exemplar-storage" in compose.command("prometheus")
+    (link,) = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert "127.0.0.1:5555:5555" in compose.services["flower"]["ports"]  # the default port
+    assert link["name"] == "task_id"
+    # $$: a literal $ through Grafana's provisioning expansion; the browser opens the link.
+    assert link["url"] == "http://127.0.0.1:5555/task/$${__value.raw}"
     alertmanager = [s for s in datasources if s["type"] == "alertmanager"]
     for source in alertmanager:
         assert source["url"] == (

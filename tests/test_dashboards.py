@@ -144,6 +144,19 @@ def test_every_panel_has_a_query_title_and_description() -> None:
             assert [t["expr"] for t in panel["targets"] if t["expr"]], (name, panel["title"])
 
 
+def test_latency_quantiles_show_exemplars() -> None:
+    """Histogram buckets carry task ids (OpenMetrics exemplars): every quantile graph asks
+    Grafana to show them, and nothing else does."""
+    seen = 0
+    for name, d in build_all().items():
+        for panel in panels(d):
+            for t in panel.get("targets", []):
+                quantile = "histogram_quantile(" in t["expr"] and not t.get("instant")
+                assert t.get("exemplar", False) is quantile, (name, panel["title"], t["expr"])
+                seen += quantile
+    assert seen >= 3
+
+
 # --- PromQL ---
 
 def all_expressions(dashboards: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
