@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -158,3 +159,28 @@ def started(*args: object, **kw: object) -> Iterator[Exporter]:
         yield exp
     finally:
         exp.stop()
+
+
+def read_while_running(sock: socket.socket, publisher: subprocess.Popen, max_seconds: float,
+           read_size: int) -> bytes:
+    """Every byte `sock` receives while `publisher` runs (bounded by `max_seconds`): a
+    recorded stream to replay offline. `sock` needs a timeout so a quiet socket re-checks
+    the publisher; the publisher is killed if it outlives the bound."""
+    chunks = []
+    deadline = time.monotonic() + max_seconds
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(read_size)
+            except TimeoutError:
+                if publisher.poll() is not None:
+                    break
+                continue
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+        publisher.wait(10)
+    return b"".join(chunks)

@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import REPO, load, redis_server, scrape, started, sum_metric
+from _common import REPO, load, read_while_running, redis_server, scrape, started, sum_metric
 
 from tests.support.servers import rabbit_server
 
@@ -260,24 +260,7 @@ def record(url: str, n: int, max_seconds: float = 300.0) -> tuple[bytes, int]:
         pub = subprocess.Popen([sys.executable, PUBLISH, "--broker", url, "-n", str(n),
                                 "--max-seconds", str(max_seconds)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        chunks = []
-        deadline = time.monotonic() + max_seconds
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    data = sock.recv(1 << 18)
-                except TimeoutError:
-                    if pub.poll() is not None:
-                        break
-                    continue
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            if pub.poll() is None:
-                pub.kill()
-            pub.wait(10)
-        return b"".join(chunks), channel.channel_id
+        return read_while_running(sock, pub, max_seconds, 1 << 18), channel.channel_id
     finally:
         conn.collect()
 

@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hiredis
 import orjson
-from _common import HARNESS, redis_server
+from _common import HARNESS, read_while_running, redis_server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_om_client
 
@@ -62,26 +62,11 @@ def record(n: int, multi: int, max_seconds: float = 120.0) -> bytes:
             [sys.executable, str(HARNESS / "flood.py"), "--broker", srv.url, "-n", str(n),
              "--procs", "1", "--pipeline", "200", "--multi", str(multi)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        chunks = []
         sock.settimeout(0.5)
-        deadline = time.monotonic() + max_seconds
         try:
-            while time.monotonic() < deadline:
-                try:
-                    data = sock.recv(1 << 20)
-                except TimeoutError:
-                    if flood.poll() is not None:
-                        break
-                    continue
-                if not data:
-                    break
-                chunks.append(data)
+            return read_while_running(sock, flood, max_seconds, 1 << 20)
         finally:
-            if flood.poll() is None:
-                flood.kill()
-            flood.wait(10)
             sock.close()
-    return b"".join(chunks)
 
 
 def payloads(raw: bytes) -> list[bytes]:
