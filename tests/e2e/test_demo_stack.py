@@ -18,6 +18,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,16 @@ def demo(webhook: Webhook, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             time.sleep(0.2)
         assert {"exporter", "prometheus", "alertmanager"} <= set(urls), "".join(output)
         yield Demo(proc, urls, output)
+        # The clean stop is checked here, after every test of the module (they run in a
+        # random order and share the stack): SIGINT ends it with 0, says so and frees ports.
+        ports = [int(u.rsplit(":", 1)[1]) for u in urls.values()]
+        assert proc.poll() is None, "demo died:\n" + "".join(output[-40:])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, "".join(output[-40:])
+        assert any("stopped." in line for line in output)
+        for port in ports:
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} open after stop"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -293,15 +304,8 @@ def test_dashboards_render_from_real_data(demo: Demo, tmp_path: Path) -> None:
         assert out.stat().st_size > 50_000, "a dashboard with data draws more than a blank page"
 
 
-def test_terminal_summary_and_clean_stop(demo: Demo) -> None:
+def test_terminal_summary(demo: Demo) -> None:
+    """The stack prints a summary line with the live workers while it runs (its clean stop
+    is checked by the `demo` fixture once every test is done)."""
     wait_for("a summary line", lambda: any(f"workers up {WORKERS}" in line
                                            for line in demo.output), demo)
-    ports = [int(u.rsplit(":", 1)[1]) for u in demo.urls.values()]
-    demo.proc.send_signal(signal.SIGINT)
-    assert demo.proc.wait(90) == 0
-    assert any("stopped." in line for line in demo.output)
-    import socket
-
-    for port in ports:
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after stop"
