@@ -38,7 +38,16 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 # What a `queues:` / `tasks:` entry of the config file may override.
 QUEUE_KEYS = frozenset({"objective", "burn_min_executions", "queue_wait_p95_seconds"})
-TASK_KEYS = frozenset({"task_failure_ratio", "task_failure_min_executions"})
+TASK_KEYS = frozenset({"task_failure_ratio", "task_failure_min_executions",
+                       "max_runtime_seconds", "periodic_interval_seconds"})
+# Task settings that are limits, not counts: 0 would alert on every task of that name.
+_POSITIVE_TASK_KEYS = frozenset({"max_runtime_seconds", "periodic_interval_seconds"})
+# The incident alerts' per-task defaults: the demo's slow report (runs ~10 min) and its
+# beat entry (every 30 s). A `tasks:` section in the config file replaces them.
+DEFAULT_TASKS: Mapping[str, Mapping[str, float]] = {
+    "tasks.cleanup_sessions": {"periodic_interval_seconds": 60.0},
+    "tasks.slow_report": {"max_runtime_seconds": 660.0},
+}
 
 
 def seconds(duration: str) -> float:
@@ -145,11 +154,33 @@ class RulesConfig:
     falling_behind_for: str = field(default="15m", metadata={
         "help": "CeleryExporterFallingBehind for:"})
 
+    # Incident alerts (alerts/incidents.py); per-task limits in the config file's tasks:.
+    max_runtime_seconds: float = field(default=3600.0, metadata={
+        "help": "CeleryTaskRunningTooLong: a task running longer than this is stuck; per "
+                "task (max_runtime_seconds) in the config file's tasks:"})
+    running_too_long_for: str = field(default="1m", metadata={
+        "help": "CeleryTaskRunningTooLong for:"})
+    interrupted_window: str = field(default="10m", metadata={
+        "help": "CeleryTasksInterrupted: keeps firing this long after the last interrupted "
+                "task"})
+    interrupted_for: str = field(default="30s", metadata={"help": "CeleryTasksInterrupted for:"})
+    oldest_waiting_seconds: float = field(default=600.0, metadata={
+        "help": "CeleryQueueOldestWaitingHigh: age of the oldest waiting message, seconds"})
+    oldest_waiting_for: str = field(default="5m", metadata={
+        "help": "CeleryQueueOldestWaitingHigh for:"})
+    ghost_after_seconds: float = field(default=600.0, metadata={
+        "help": "CeleryWorkerGhost: seconds without a received task while a consumed queue "
+                "has a backlog"})
+    ghost_for: str = field(default="5m", metadata={"help": "CeleryWorkerGhost for:"})
+    periodic_overdue_for: str = field(default="1m", metadata={
+        "help": "CeleryPeriodicTaskOverdue for: (intervals per task, "
+                "periodic_interval_seconds, in the config file's tasks:)"})
+
     # Only from the config file: {queue: {objective: 0.95, ...}} and {task: {...}}.
     queues: Mapping[str, Mapping[str, float]] = field(default_factory=dict, metadata={
         "file_only": True})
-    tasks: Mapping[str, Mapping[str, float]] = field(default_factory=dict, metadata={
-        "file_only": True})
+    tasks: Mapping[str, Mapping[str, float]] = field(
+        default_factory=lambda: dict(DEFAULT_TASKS), metadata={"file_only": True})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -211,6 +242,9 @@ class RulesConfig:
                     self._check_objective(f"{where}.objective", value)
                 elif key == "task_failure_ratio":
                     self._check_ratio(f"{where}.task_failure_ratio", value)
+                elif key in _POSITIVE_TASK_KEYS:
+                    if not isinstance(value, (int, float)) or value <= 0:
+                        raise ValueError(f"{where}.{key} must be a number > 0, got {value!r}")
                 elif not isinstance(value, (int, float)) or value < 0:
                     raise ValueError(f"{where}.{key} must be a number >= 0, got {value!r}")
 

@@ -1,19 +1,20 @@
 """Incident alerts (issue 12): stuck, interrupted, starving, ghost consumers, missed runs.
 
 One rule group, assembled beside the others in `alerts.rules.build`. Thresholds live in
-`IncidentConfig`; per-task expected durations and periodic intervals are tables in it, so
-one long report does not set the bar for every task.
+the one `RulesConfig` (flags or `--config`); per-task expected durations and periodic
+intervals come from the config file's `tasks:` section, so one long report does not set the
+bar for every task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery_events_exporter import metrics as m
 from celery_events_exporter.metrics import Metric
 
-from .config import RulesConfig, seconds
+from .config import RulesConfig
 
 GROUP = "celery.incidents"
 ALERTS = ("CeleryTaskRunningTooLong", "CeleryTasksInterrupted", "CeleryQueueOldestWaitingHigh",
@@ -22,35 +23,42 @@ ALERTS = ("CeleryTaskRunningTooLong", "CeleryTasksInterrupted", "CeleryQueueOlde
 
 @dataclass(frozen=True)
 class IncidentConfig:
+    """The incident thresholds, read from the one `RulesConfig` (flags or `--config`), so
+    the dashboards draw the same ones."""
+
     # A task running longer than this (its name's entry in `task_max_runtime`, else the
     # default) is stuck: holding a lock, a transaction, a pool slot.
-    max_runtime_seconds: float = 3600.0
-    task_max_runtime: tuple[tuple[str, float], ...] = (("tasks.slow_report", 660.0),)
-    running_too_long_for: str = "1m"
+    max_runtime_seconds: float
+    task_max_runtime: tuple[tuple[str, float], ...]
+    running_too_long_for: str
     # Interrupted tasks stay alerting this long after the last one.
-    interrupted_window: str = "10m"
-    interrupted_for: str = "30s"
-    oldest_waiting_seconds: float = 600.0
-    oldest_waiting_for: str = "5m"
+    interrupted_window: str
+    interrupted_for: str
+    oldest_waiting_seconds: float
+    oldest_waiting_for: str
     # A live worker that consumes a queue with a backlog and received nothing for this long.
-    ghost_after_seconds: float = 600.0
-    ghost_for: str = "5m"
-    # Periodic task name -> the longest normal gap between two publishes (seconds). The
-    # entry is an example for the demo's beat schedule (not in proj/ yet): list yours.
-    periodic_tasks: tuple[tuple[str, float], ...] = field(
-        default=(("tasks.cleanup_sessions", 60.0),))
-    periodic_overdue_for: str = "1m"
+    ghost_after_seconds: float
+    ghost_for: str
+    # Periodic task name -> the longest normal gap between two publishes (seconds).
+    periodic_tasks: tuple[tuple[str, float], ...]
+    periodic_overdue_for: str
 
-    def __post_init__(self) -> None:
-        for name in ("running_too_long_for", "interrupted_window", "interrupted_for",
-                     "oldest_waiting_for", "ghost_for", "periodic_overdue_for"):
-            try:
-                seconds(getattr(self, name))
-            except ValueError as exc:
-                raise ValueError(f"--{name.replace('_', '-')}: {exc}") from None
-        for task, limit in (*self.task_max_runtime, *self.periodic_tasks):
-            if limit <= 0:
-                raise ValueError(f"{task}: a threshold must be positive, got {limit}")
+    @classmethod
+    def from_rules(cls, cfg: RulesConfig) -> IncidentConfig:
+        # RulesConfig validated every value (durations, positive per-task limits).
+        return cls(
+            max_runtime_seconds=cfg.max_runtime_seconds,
+            task_max_runtime=tuple(cfg.per_task("max_runtime_seconds").items()),
+            running_too_long_for=cfg.running_too_long_for,
+            interrupted_window=cfg.interrupted_window,
+            interrupted_for=cfg.interrupted_for,
+            oldest_waiting_seconds=cfg.oldest_waiting_seconds,
+            oldest_waiting_for=cfg.oldest_waiting_for,
+            ghost_after_seconds=cfg.ghost_after_seconds,
+            ghost_for=cfg.ghost_for,
+            periodic_tasks=tuple(cfg.per_task("periodic_interval_seconds").items()),
+            periodic_overdue_for=cfg.periodic_overdue_for,
+        )
 
 
 def num(value: float) -> str:
@@ -164,5 +172,5 @@ def alerting_rules(cfg: RulesConfig, inc: IncidentConfig) -> list[dict[str, Any]
     return rules
 
 
-def group(cfg: RulesConfig, inc: IncidentConfig | None = None) -> dict[str, Any]:
-    return {"name": GROUP, "rules": alerting_rules(cfg, inc or IncidentConfig())}
+def group(cfg: RulesConfig) -> dict[str, Any]:
+    return {"name": GROUP, "rules": alerting_rules(cfg, IncidentConfig.from_rules(cfg))}

@@ -147,6 +147,9 @@ class PromQL:
         return (f"{self.cfg.level}_quantile:{self.name(metric)}:"
                 f"histogram_quantile_rate{RATE_WINDOW}")
 
+    def saturation_rule(self) -> str:
+        return f"{self.cfg.level}:{self.derived('queue_saturation')}:ratio"
+
     def capacity_rule(self) -> str:
         return f"{'_'.join(self.cfg.group_labels)}:{self.derived('workers_with_capacity')}:count"
 
@@ -241,7 +244,53 @@ def recording_rules(cfg: RulesConfig) -> list[dict[str, Any]]:
         "record": p.capacity_rule(),
         "expr": f"count by ({p.by}) (\n{p.one(free)}\n)\n",
     })
+    rules.append({"record": p.saturation_rule(), "expr": saturation(p)})
     return rules
+
+
+def saturation(p: PromQL) -> str:
+    """Per queue: (waiting + prefetched + running) / pool processes of its live consumers.
+
+    1 means every pool process of the workers consuming the queue has a task and nothing is
+    left over; above 1, work waits (in the broker or in prefetch buffers) for a process.
+    Waiting is the broker's queue length, running is `task_running` (per queue, from the
+    task events), prefetched and pool size come per worker and reach each queue the worker
+    consumes through `worker_queue_info` (the inspect probe). A worker that consumes several
+    queues lends its whole pool and its whole prefetch buffer to each: exact for dedicated
+    workers, an over-estimate of saturation (scales out early) for shared ones. With grouped
+    worker labels (--worker-label host|regex) a group's pool and prefetch gauges are sums
+    over its nodes and `up` counts its live nodes, hence `> 0`; down workers are left out.
+
+    A queue with messages and no live consumer with a pool (no workers: scaled to zero,
+    or no inspect probe) records 1, not nothing: an autoscaler reading this rule must wake
+    the first worker from the queue length, since no worker means no heartbeats. An empty
+    queue without consumers records 0.
+    """
+    on_worker = f"on ({p.by}, worker)"
+    on_queue = f"on ({p.by_queue})"
+    consumers = (f"(\n    {p.one(p.m(m.WORKER_QUEUE))}\n"
+                 f"    and {on_worker}\n"
+                 f"    {p.one(p.m(m.WORKER_UP))} > 0\n  )")
+
+    def per_queue(metric: Metric) -> str:
+        return (f"sum by ({p.by_queue}) (\n  {consumers}\n"
+                f"  * {on_worker} group_left ()\n"
+                f"  {p.one(p.m(metric))}\n)")
+
+    waiting = f"max by ({p.by_queue}) ({p.one(p.m(m.QUEUE_LENGTH))})"
+    running = f"sum by ({p.by_queue}) ({p.one(p.m(m.TASK_RUNNING))})"
+    # Absent running/prefetched series mean none: 0 for the queues whose length is known.
+    return (f"(\n"
+            f"  {waiting}\n"
+            f"  + {on_queue}\n"
+            f"  ({running} or {waiting} * 0)\n"
+            f"  + {on_queue}\n"
+            f"  ({per_queue(m.WORKER_TASKS_PREFETCHED)} or {waiting} * 0)\n"
+            f")\n"
+            f"/ {on_queue}\n"
+            f"({per_queue(m.WORKER_POOL_PROCESSES)} > 0)\n"
+            f"or {on_queue}\n"
+            f"clamp_max({waiting}, 1)\n")
 
 
 def _alert(cfg: RulesConfig, name: str, expr: str, for_: str, severity: str, summary: str,

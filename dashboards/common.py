@@ -131,6 +131,11 @@ class Q:
         """Per-second rate, one replica's per series."""
         return self.one(f"rate({selector}[{window}])")
 
+    def increase(self, selector: str, window: str = "$__range") -> str:
+        """Increase over a window (the dashboard's range by default), one replica's per
+        series."""
+        return self.one(f"increase({selector}[{window}])")
+
     def sum_rate(self, metric: Metric, *extra: str, by: str = "") -> str:
         """Summed per-second rate; outcomes that may never have happened read as 0.
 

@@ -89,6 +89,18 @@ def build(opts: Options) -> g.Dashboard:
              links=[to_queues],
              description="Messages waiting in broker queues, all queues. Orange from the "
                          "CeleryQueueBacklogGrowing length threshold."),
+        stat("Oldest waiting (worst queue)",
+             [(f"max({q.g(m.QUEUE_OLDEST_WAITING_AGE)})", "")], unit=SECONDS,
+             thresholds=steps(("green", None), ("red", cfg.oldest_waiting_seconds)),
+             links=[to_queues],
+             description="Age of the oldest message not yet received by a worker, in the "
+                         "queue where it is oldest. Red from the CeleryQueueOldestWaitingHigh "
+                         "threshold."),
+        stat("Tasks interrupted (1h)",
+             [(f"sum({q.increase(q.m(m.TASK_INTERRUPTED), '1h')}) or on () vector(0)", "")],
+             unit=COUNT, thresholds=steps(("green", None), ("red", 1)), links=[to_tasks],
+             description="Tasks that died with their worker (started, then the worker went "
+                         "down without a terminal event) in the last hour."),
         stat("Prefetched tasks", [(f"sum({q.g(m.WORKER_TASKS_PREFETCHED)})", "")], unit=COUNT,
              description="Tasks held in worker prefetch buffers, received but not started "
                          "(ETA tasks excluded)."),

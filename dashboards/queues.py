@@ -47,6 +47,14 @@ def build(opts: Options) -> g.Dashboard:
                    series_links=[to_tasks],
                    description="Messages waiting in the broker (Redis: all priority lists; "
                                "RabbitMQ: ready messages)."),
+        timeseries("Oldest waiting message", [(per_queue(m.QUEUE_OLDEST_WAITING_AGE),
+                                                "{{queue}}")],
+                   unit=SECONDS, series_links=[to_tasks],
+                   thresholds=steps(("green", None), ("red", cfg.oldest_waiting_seconds)),
+                   description="Age of the oldest task published to the queue and not yet "
+                               "received by a worker (ETA tasks from their ETA); 0 when the "
+                               "queue is empty. A stalled queue grows here while its length "
+                               "may look flat. Red from CeleryQueueOldestWaitingHigh."),
         timeseries("Queue growth",
                    [(f"max by (queue) (deriv({q.m(m.QUEUE_LENGTH, f)}[$__rate_interval]))",
                      "{{queue}}")],

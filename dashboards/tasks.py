@@ -7,6 +7,7 @@ from grafanalib import core as g
 from celery_events_exporter import metrics as m
 
 from .common import (
+    COUNT,
     QUANTILES,
     RATIO,
     SECONDS,
@@ -113,6 +114,44 @@ def build(opts: Options) -> g.Dashboard:
                                "the worker time each task consumes."),
     ]
 
+    interrupted = q.increase(q.m(m.TASK_INTERRUPTED, *f))
+    running = [
+        timeseries("Running by task",
+                   [(top(f"sum by (name, queue) ({q.g(m.TASK_RUNNING, *f)})"),
+                     "{{name}} ({{queue}})")],
+                   unit=COUNT, w=8, step=True,
+                   description=f"Tasks started and not finished, on workers that are up, the "
+                               f"{TOP} task/queue pairs with most running."),
+        timeseries("Oldest running by task",
+                   [(top(f"max by (name, queue) ({q.g(m.TASK_OLDEST_RUNNING_AGE, *f)})"),
+                     "{{name}} ({{queue}})")],
+                   unit=SECONDS, w=8,
+                   thresholds=steps(("green", None),
+                                    ("red", cfg.max_runtime_seconds)),
+                   description=f"Age of the longest-running task per name and queue, the "
+                               f"{TOP} oldest: a task stuck holding a lock or a transaction "
+                               f"grows here. Red from CeleryTaskRunningTooLong's default "
+                               f"threshold (per-task thresholds in the rules config)."),
+        timeseries("Interrupted by worker crashes", [
+            # The ungrouped total pads with 0 (no series means none was interrupted); the
+            # per-task lines cannot, a 0 inside `by (...)` would be a blank legend entry.
+            (f"sum({interrupted}) or on () vector(0)", "all tasks"),
+            (top(f"sum by (name, queue, worker) ({interrupted})"),
+             "{{name}} ({{queue}}) on {{worker}}"),
+        ], unit=COUNT, w=8,
+            description=f"Tasks that had started on a worker that then went down without a "
+                        f"terminal event, over the dashboard's time range, the {TOP} most "
+                        f"per task, queue and worker. With acks_late these are redelivered; "
+                        f"without it they are lost."),
+        timeseries("Since last published by task",
+                   [(top(f"time() - max by (name) ({q.g(m.TASK_LAST_SENT, f[1])})"),
+                     "{{name}}")],
+                   unit=SECONDS, w=24,
+                   description=f"Seconds since a task of that name was last published "
+                               f"(task-sent), the {TOP} longest silent: a periodic task that "
+                               f"stops being sent climbs here (CeleryPeriodicTaskOverdue)."),
+    ]
+
     return dashboard(
         title="Celery / Tasks",
         uid=UID,
@@ -123,5 +162,6 @@ def build(opts: Options) -> g.Dashboard:
             ("Throughput", throughput),
             ("Failures", failures),
             ("Latency", latency),
+            ("Running and interrupted", running),
         ]),
     )

@@ -28,6 +28,7 @@ FILENAME = "celery-workers.json"
 
 def build(opts: Options) -> g.Dashboard:
     q = Q.for_options(opts)
+    cfg = opts.rules
     w = 'worker=~"$worker"'
 
     def gauge(metric: m.Metric) -> str:
@@ -78,6 +79,18 @@ def build(opts: Options) -> g.Dashboard:
                    unit=SECONDS, thresholds=steps(("green", None), ("red", 10)),
                    description="Seconds since the exporter last heard each worker. Workers "
                                "heartbeat every 2 s by default."),
+        timeseries("Since last task received",
+                   [(f"time() - {gauge(m.WORKER_LAST_RECEIVED)}", "{{worker}}")],
+                   unit=SECONDS, w=12,
+                   thresholds=steps(("green", None), ("red", cfg.ghost_after_seconds)),
+                   description="Seconds since each worker last received a task (before its "
+                               "first, since it came online). Growing on a worker that "
+                               "heartbeats while its queues have a backlog: a ghost consumer "
+                               "(CeleryWorkerGhost, red from its threshold)."),
+        table("Queues consumed",
+              f"max by (worker, queue) ({gauge(m.WORKER_QUEUE)})",
+              description="The queues each worker consumes (inspect active_queues; needs the "
+                          "worker inspect probe)."),
     ]
 
     load = [

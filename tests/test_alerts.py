@@ -228,6 +228,10 @@ def test_worker_down_for_must_fit_the_memory() -> None:
     ({"queues": {"reports": {"objective": 1.5}}}, "queues.reports.objective"),
     ({"queues": {"reports": {"objectiv": 0.9}}}, "queues.reports: unknown"),
     ({"tasks": {"t": {"task_failure_ratio": "high"}}}, "tasks.t.task_failure_ratio"),
+    ({"tasks": {"t": {"max_runtime_seconds": 0}}},
+     "tasks.t.max_runtime_seconds must be a number > 0"),
+    ({"tasks": {"t": {"periodic_interval_seconds": -5}}}, "tasks.t.periodic_interval_seconds"),
+    ({"ghost_for": "5 minutes"}, "--ghost-for"),
 ])
 def test_invalid_config_names_the_flag(kwargs: dict[str, Any], flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
@@ -396,6 +400,52 @@ def test_objectives_per_queue_and_task_from_the_config_file(tmp_path: Path) -> N
     assert proc.returncode == 1 and 'queue="reports"' in out and "proj.flaky" in out, out
 
 
+def test_incident_thresholds_from_the_config_file(tmp_path: Path) -> None:
+    """The file's defaults and tasks: drive the incident alerts: a nightly task has its own
+    runtime limit and schedule, the default runtime limit and the oldest-waiting threshold
+    are lowered; against the shipped defaults none of these fires."""
+    config = ("max_runtime_seconds: 300\noldest_waiting_seconds: 120\n"
+              "oldest_waiting_for: 1m\n"
+              "tasks:\n  proj.nightly: {max_runtime_seconds: 120, "
+              "periodic_interval_seconds: 120}\n")
+    age = "celery_task_oldest_running_age_seconds"
+    case = {
+        "interval": "1m",
+        "input_series": [
+            # Both started at 0 and still run: 600 s at 10m.
+            {"series": f'{age}{{job="celery", instance="e:1", name="proj.nightly", '
+                       f'queue="default"}}', "values": "0+60x20"},
+            {"series": f'{age}{{job="celery", instance="e:1", name="proj.add", '
+                       f'queue="default"}}', "values": "0+60x20"},
+            # Last published at 0, never since.
+            {"series": 'celery_task_last_sent_timestamp_seconds{job="celery", instance="e:1", '
+                       'name="proj.nightly"}', "values": "0x20"},
+            # A message waits since 0 and nothing starts.
+            {"series": 'celery_queue_oldest_waiting_age_seconds{job="celery", instance="e:1", '
+                       'queue="reports"}', "values": "0+60x20"},
+        ],
+        "promql_expr_test": [
+            firing("CeleryTaskRunningTooLong",
+                   'job="celery", name="proj.add", queue="default", severity="warning"',
+                   'job="celery", name="proj.nightly", queue="default", severity="warning"'),
+            firing("CeleryPeriodicTaskOverdue",
+                   'job="celery", name="proj.nightly", severity="warning"'),
+            firing("CeleryQueueOldestWaitingHigh",
+                   'job="celery", queue="reports", severity="critical"'),
+        ],
+    }
+    proc = run_case(tmp_path, config, case)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The shipped defaults: 600 s is under 3600 s and not over 600 s; no schedule for the
+    # nightly task.
+    proc = run_case(tmp_path, "", case)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    for alert in ("CeleryTaskRunningTooLong", "CeleryPeriodicTaskOverdue",
+                  "CeleryQueueOldestWaitingHigh"):
+        assert alert in out, (alert, out)
+
+
 def test_every_worker_facing_alert_is_tested_with_grouped_worker_labels() -> None:
     """With --worker-label host|regex a worker series is a group (no `name@host`), whose up
     counts live nodes: each alert that reads a worker gauge has a case fed like that."""
@@ -422,6 +472,8 @@ def test_example_config_generates_valid_rules_with_its_overrides(tmp_path: Path)
     text = (tmp_path / RULES_FILE).read_text(encoding="utf-8")
     assert 'queue="reports"' in text and "(1 - 0.95)" in text and "> 600" in text
     assert 'name="tasks.call_flaky_service"' in text and "> 0.8" in text
+    assert 'name="tasks.slow_report"}) > 660' in text and "> 3600" in text
+    assert 'name="tasks.cleanup_sessions"})) > 60' in text
     proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pydantic
 import pytest
 import yaml
+from cloudcoil.models.keda import v1alpha1 as keda
 from cloudcoil.models.prometheus_operator import v1 as operator
 
 from celery_events_exporter.cli import build_parser
@@ -300,3 +301,43 @@ def test_helm_values_reach_the_objects(tmp_path: Path) -> None:
         if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     assert operator_errors(one(objects, "PrometheusRule")) == []
+
+
+# --- examples (deploy/kubernetes/examples/: documented, not part of the kustomize base) ---
+
+KEDA_EXAMPLE = KUBE / "examples" / "keda-scaledobject.yaml"
+
+
+def test_keda_example_is_a_valid_scaled_object_on_the_saturation_rule(tmp_path: Path) -> None:
+    obj = yaml.safe_load(KEDA_EXAMPLE.read_text(encoding="utf-8"))
+    assert (obj["apiVersion"], obj["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    assert obj["spec"]["scaleTargetRef"]["name"]
+    trigger = obj["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus"
+    meta = trigger["metadata"]
+    assert meta["serverAddress"].startswith("http") and float(meta["threshold"]) > 0
+    # Against KEDA's CRD model: a misspelt or misplaced field is an error.
+    parsed = keda.ScaledObject.model_validate(obj)
+    dumped = json.loads(parsed.model_dump_json(by_alias=True, exclude_unset=True))
+    assert _unknown_fields(obj, dumped) == []
+    # It reads the recording rule the shipped rules record, and the query parses.
+    rules = yaml.safe_load((ROOT / "alerts" / "celery-rules.yml").read_text(encoding="utf-8"))
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    assert any(name in meta["query"] for name in recorded if "saturation" in name), meta
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus) is missing: scripts/test installs it"
+    path = tmp_path / "query.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": [
+        {"record": "keda:query:check", "expr": meta["query"]}]}]}))
+    out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Scale to zero: it may go to zero, and wakes on any value above 0 (the rule's queue
+    # length term, since no worker means no worker series).
+    assert obj["spec"]["minReplicaCount"] == 0 and float(meta["activationThreshold"]) == 0
+
+
+def test_keda_example_is_not_in_the_kustomize_base() -> None:
+    base = yaml.safe_load((KUBE / "base" / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert not any("examples" in r for r in base["resources"])
+    assert all(o["kind"] != "ScaledObject" for o in render("base"))
