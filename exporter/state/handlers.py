@@ -411,25 +411,22 @@ class State:
         # our clock reads as age 0 (snapshot clamps), the cap is enforced on the tick.
         self._runs[uuid] = self.stamp.mono - now + started
         if task.sent is not None:
-            wait = started - task.sent
-            if wait < 0:
-                self.clamped[m.QUEUE_WAIT.key] += 1
-                wait = 0.0
-            if wait <= MAX_RUNTIME:
-                self._emit(at, self._qwait, value=wait)
-            else:
-                self.invalid_event("value_out_of_range")
+            self._emit_wait(at, self._qwait, started - task.sent)
         else:
             task.started_at = started
         if task.received is not None and not task.eta:
-            wait = ts - task.received
-            if wait < 0:
-                self.clamped[m.PREFETCH_WAIT.key] += 1
-                wait = 0.0
-            if wait <= MAX_RUNTIME:
-                self._emit(at, self._pwait, value=wait)
-            else:
-                self.invalid_event("value_out_of_range")
+            self._emit_wait(at, self._pwait, ts - task.received)
+
+    def _emit_wait(self, at: Seen, series: Series, wait: float) -> None:
+        """A wait ending at this task-started: below 0 (clocks) clamped and counted, beyond
+        sane bounds counted invalid instead of observed."""
+        if wait < 0:
+            self.clamped[series.metric.key] += 1
+            wait = 0.0
+        if wait <= MAX_RUNTIME:
+            self._emit(at, series, value=wait)
+        else:
+            self.invalid_event("value_out_of_range")
 
     def _on_succeeded(self, e: dict, ts: float, now: float) -> None:
         uuid = e["uuid"]
