@@ -21,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from celery_events_exporter import __version__
 from celery_events_exporter import metrics as m
+from celery_events_exporter.beat.schedules import SKIP_REASONS
 from celery_events_exporter.exposition import TaskCounter, TaskHistogram
 from celery_events_exporter.exposition import (
     generate_text as generate_text,  # callers import it from here
@@ -249,8 +250,8 @@ class CeleryCollector:
             due.add_metric(key, row.next_run)
             overdue.add_metric(key, 1.0 if row.overdue else 0.0)
         skipped = self._gauge(m.PERIODIC_SKIPPED)
-        for reason, count in sorted(facts.skipped.items()):
-            skipped.add_metric([reason, *static], count)
+        for reason in SKIP_REASONS:  # every reason, 0 included: a panel shows "none"
+            skipped.add_metric([reason, *static], facts.skipped.get(reason, 0))
         yield from (last, due, overdue, skipped)
 
     def _running(self, running: dict[tuple[str, str], tuple[int, float]]) -> Iterator[Metric]:

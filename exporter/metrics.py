@@ -256,7 +256,8 @@ PERIODIC_SKIPPED = Metric(
     "exporter_periodic_entries_skipped", "gauge",
     "Beat schedule entries not exported at the last schedule read, by reason (over_cap: "
     "past --beat-max-entries; unsupported: a schedule type other than interval or crontab; "
-    "excluded: the task name is filtered out).", ("reason",))
+    "invalid: a schedule Celery cannot compute; excluded: the task name is filtered out).",
+    ("reason",))
 
 ALL: tuple[Metric, ...] = (
     *TASK_COUNTERS, *HISTOGRAMS, *INCIDENT_METRICS, *WORKER_GAUGES, WORKER_INFO,

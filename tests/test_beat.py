@@ -326,6 +326,9 @@ def test_probe_joins_the_schedule_with_task_sent_and_the_scrape_shows_it() -> No
     never = {"entry": "nightly", "name": "app.nightly"}
     assert get("celery_periodic_task_last_run_timestamp_seconds", never) is None
     assert get("celery_periodic_task_overdue", never) == 0
+    # Every skip reason shows, 0 included (a dashboard's "none", not "no data").
+    assert get("celery_exporter_periodic_entries_skipped", {"reason": "over_cap"}) == 0
+    assert get("celery_exporter_periodic_entries_skipped", {"reason": "unsupported"}) == 0
 
     clock[0] = T0 + 46  # 35 + grace 10 passed without a send
     probe.run(results)

@@ -21,6 +21,10 @@ UTC = dt.UTC
 CRONTAB_SKEW = 5.0
 
 
+# Why an entry is not exported (celery_exporter_periodic_entries_skipped{reason}).
+SKIP_REASONS = ("over_cap", "unsupported", "invalid", "excluded")
+
+
 class UnsupportedSchedule(ValueError):
     """A schedule type the exporter cannot compute (solar, clocked, custom classes)."""
 
