@@ -99,14 +99,20 @@ def _resolve(spec: str) -> tuple[Mapping[str, Any], str]:
     module_name, _, attr = spec.partition(":")
     if not module_name:
         raise ConfigError(f"{SCHEDULE_FLAG}: {spec!r} is not MODULE[:ATTR]")
-    # As --django-settings: the project's modules import from the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # As --django-settings: the project's modules import from the working directory (for
+    # this import only: the schedule is read once, at start).
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
     try:
         module = import_leaf(module_name)
     except Exception as exc:  # any import-time error in user code is a config problem
         raise ConfigError(f"{SCHEDULE_FLAG}: cannot import {module_name!r}: "
                           f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(here)
     names = (attr,) if attr else DEFAULT_ATTRS
     found = next((n for n in names if hasattr(module, n)), None)
     if found is None:
