@@ -136,7 +136,8 @@ PERIODIC_LAST_RUN = Metric(
 PERIODIC_NEXT_RUN = Metric(
     "periodic_task_next_run_timestamp_seconds", "gauge",
     "When the schedule expects the entry to run next, from its last run (before any: from "
-    "the exporter's start), by Celery's own interval and crontab arithmetic.", _ENTRY)
+    "when the exporter first read the entry), by Celery's own interval and crontab "
+    "arithmetic.", _ENTRY)
 PERIODIC_OVERDUE = Metric(
     "periodic_task_overdue", "gauge",
     "1 when the entry's next run is more than --beat-grace seconds in the past and its task "

@@ -336,6 +336,24 @@ def test_probe_joins_the_schedule_with_task_sent_and_the_scrape_shows_it() -> No
         "celery_periodic_task_overdue", sweep) == 1
 
 
+def test_an_entry_added_later_counts_from_when_it_was_first_read() -> None:
+    """A PeriodicTask added in the admin a day after the exporter started is not overdue
+    at once: before its first run, its reference is when the exporter first read it."""
+    clock = [T0]
+    source = FlakySource([])
+    probe, results, _ = probe_for(State(), source, clock=clock)
+    probe.run(results)
+    source.entries = [EVERY_30]
+    clock[0] = T0 + 86_400
+    probe.run(results)
+    assert results.periodic is not None
+    (row,) = results.periodic.rows
+    assert (row.next_run, row.overdue) == (near(T0 + 86_430), False)
+    clock[0] = T0 + 86_441
+    probe.run(results)
+    assert results.periodic.rows[0].overdue
+
+
 def test_probe_survives_a_failing_source_with_its_last_good_read() -> None:
     state = State()
     clock = [T0]

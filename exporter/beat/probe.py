@@ -41,8 +41,10 @@ class BeatProbe(Probe):
         self.grace = grace
         self.max_entries = max_entries
         self.clock = clock
-        self.started = clock()
         self._last_good: dict[int, Read] = {}
+        # Entry name -> when this exporter first saw it: the reference of an entry that has
+        # not run yet, so one added to the database later is not overdue from our start.
+        self._first_seen: dict[str, float] = {}
 
     def run(self, results: ProbeResults) -> None:
         entries: dict[str, Entry] = {}
@@ -73,10 +75,12 @@ class BeatProbe(Probe):
             last_sent = self.pipeline.state.last_sent
             sent = [last_sent.get(label) for _, label in labelled]
         now = self.clock()
+        seen = self._first_seen
+        self._first_seen = {e.name: seen.get(e.name, now) for e, _ in labelled}  # bounded
         rows = []
         for (entry, label), at in zip(labelled, sent, strict=True):
             try:
-                row = evaluate(entry, label, at, self.started, now, self.grace)
+                row = evaluate(entry, label, at, self._first_seen[entry.name], now, self.grace)
             except Exception as exc:  # Celery's arithmetic on an odd crontab: skip that one
                 log.debug("beat entry %s: %s", entry.name, exc)
                 skipped["invalid"] += 1

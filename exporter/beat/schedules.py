@@ -99,12 +99,13 @@ def next_run(sched: BaseSchedule, reference: float, now: float) -> float:
     return now + remaining.total_seconds()
 
 
-def evaluate(entry: Entry, label: str, sent: float | None, started: float, now: float,
+def evaluate(entry: Entry, label: str, sent: float | None, first_seen: float, now: float,
              grace: float) -> PeriodicRow:
     """The entry's row: last run (the later of its task's last task-sent and the source's
-    record), next run from it (before any: from the exporter's start), overdue past grace."""
+    record), next run from it (before any: from when the exporter first saw the entry),
+    overdue past grace."""
     known = max((t for t in (sent, entry.last_run) if t is not None), default=None)
-    reference = started if known is None else known
+    reference = first_seen if known is None else known
     if known is not None and isinstance(entry.schedule, crontab):
         reference += min(grace, CRONTAB_SKEW)
     due = next_run(entry.schedule, reference, now)
