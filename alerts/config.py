@@ -42,10 +42,11 @@ TASK_KEYS = frozenset({"task_failure_ratio", "task_failure_min_executions",
                        "max_runtime_seconds", "periodic_interval_seconds"})
 # Task settings that are limits, not counts: 0 would alert on every task of that name.
 _POSITIVE_TASK_KEYS = frozenset({"max_runtime_seconds", "periodic_interval_seconds"})
-# The incident alerts' per-task defaults: the demo's slow report (runs ~10 min) and its
-# beat entry (every 30 s). A `tasks:` section in the config file replaces them.
+# The incident alerts' per-task defaults: the demo's slow report (runs ~10 min). No
+# periodic_interval_seconds: the exporter reads the demo's beat schedule (--beat-schedule),
+# and CeleryPeriodicTaskOverdue fires per entry from it. A `tasks:` section in the config
+# file replaces these.
 DEFAULT_TASKS: Mapping[str, Mapping[str, float]] = {
-    "tasks.cleanup_sessions": {"periodic_interval_seconds": 60.0},
     "tasks.slow_report": {"max_runtime_seconds": 660.0},
 }
 
@@ -173,8 +174,9 @@ class RulesConfig:
                 "has a backlog"})
     ghost_for: str = field(default="5m", metadata={"help": "CeleryWorkerGhost for:"})
     periodic_overdue_for: str = field(default="1m", metadata={
-        "help": "CeleryPeriodicTaskOverdue for: (intervals per task, "
-                "periodic_interval_seconds, in the config file's tasks:)"})
+        "help": "CeleryPeriodicTaskOverdue for: (per beat entry from the exporter's "
+                "celery_periodic_task_overdue; for tasks without a schedule source, intervals "
+                "per task as periodic_interval_seconds in the config file's tasks:)"})
 
     # Only from the config file: {queue: {objective: 0.95, ...}} and {task: {...}}.
     queues: Mapping[str, Mapping[str, float]] = field(default_factory=dict, metadata={

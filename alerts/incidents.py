@@ -39,7 +39,8 @@ class IncidentConfig:
     # A live worker that consumes a queue with a backlog and received nothing for this long.
     ghost_after_seconds: float
     ghost_for: str
-    # Periodic task name -> the longest normal gap between two publishes (seconds).
+    # Periodic task name -> the longest normal gap between two publishes (seconds): the
+    # fallback for tasks no schedule source (--beat-schedule, --beat-database-url) covers.
     periodic_tasks: tuple[tuple[str, float], ...]
     periodic_overdue_for: str
 
@@ -123,9 +124,18 @@ def _ghost(p: _P, inc: IncidentConfig) -> str:
 
 
 def _overdue(p: _P, inc: IncidentConfig) -> str:
-    return "\nor\n".join(
-        f"(time() - {p.g(m.TASK_LAST_SENT, f'name={_q(task)}')}) > {num(gap)}"
-        for task, gap in inc.periodic_tasks) + "\n"
+    """Per schedule entry where the exporter reads the schedule (its overdue gauge, valued
+    at the seconds past the missed run); else, per configured task name, the dead-man's
+    switch on task-sent, for the names no schedule entry covers."""
+    on = f"on ({p.by}, entry, name)"
+    clauses = [f"(time() - {p.g(m.PERIODIC_NEXT_RUN)})\n"
+               f"and {on}\n"
+               f"{p.g(m.PERIODIC_OVERDUE)} == 1"]
+    covered = f"unless on ({p.by}, name)\n{p.g(m.PERIODIC_OVERDUE)}"
+    clauses += [f"(time() - {p.g(m.TASK_LAST_SENT, f'name={_q(task)}')}) > {num(gap)}\n"
+                f"{covered}"
+                for task, gap in inc.periodic_tasks]
+    return "\nor\n".join(clauses) + "\n"
 
 
 def alerting_rules(cfg: RulesConfig, inc: IncidentConfig) -> list[dict[str, Any]]:
@@ -162,13 +172,14 @@ def alerting_rules(cfg: RulesConfig, inc: IncidentConfig) -> list[dict[str, Any]
                "queue with a backlog, but received no task for "
                "{{ $value | humanizeDuration }}."),
     ]
-    if inc.periodic_tasks:
-        rules.append(_alert(
-            cfg, "CeleryPeriodicTaskOverdue", _overdue(p, inc), inc.periodic_overdue_for,
-            "warning", "A periodic Celery task was not sent on time.",
-            "Task {{ $labels.name }} (job {{ $labels.job }}) was last sent "
-            "{{ $value | humanizeDuration }} ago, longer than its schedule allows: is "
-            "celery beat running?"))
+    rules.append(_alert(
+        cfg, "CeleryPeriodicTaskOverdue", _overdue(p, inc), inc.periodic_overdue_for,
+        "warning", "A periodic Celery task was not sent on time.",
+        "{{ if $labels.entry }}Beat entry {{ $labels.entry }} (task {{ $labels.name }}, job "
+        "{{ $labels.job }}) should have run {{ $value | humanizeDuration }} ago"
+        "{{ else }}Task {{ $labels.name }} (job {{ $labels.job }}) was last sent "
+        "{{ $value | humanizeDuration }} ago, longer than its schedule allows{{ end }}: is "
+        "celery beat running?"))
     return rules
 
 

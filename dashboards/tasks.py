@@ -143,13 +143,43 @@ def build(opts: Options) -> g.Dashboard:
                         f"terminal event, over the dashboard's time range, the {TOP} most "
                         f"per task, queue and worker. With acks_late these are redelivered; "
                         f"without it they are lost."),
+    ]
+
+    # Periodic tasks: per beat entry where the exporter reads the schedule (--beat-schedule,
+    # --beat-database-url); per task name from task-sent everywhere.
+    entry = "{{entry}} ({{name}})"
+    periodic = [
+        timeseries("Periodic entries overdue", [
+            (top(f"max by (entry, name) ({q.g(m.PERIODIC_OVERDUE, f[1])})"), entry),
+            (f"max by (reason) ({q.g(m.PERIODIC_SKIPPED)})", "not exported: {{reason}}"),
+        ], unit=COUNT, w=8, step=True, min_value=0,
+            thresholds=steps(("green", None), ("red", 1)),
+            description=f"1 while a beat schedule entry is past its next run by more than the "
+                        f"exporter's --beat-grace and its task was not sent "
+                        f"(CeleryPeriodicTaskOverdue), the {TOP} overdue first; entries the "
+                        f"exporter did not export (over its cap, unsupported schedule types) "
+                        f"are counted too. Empty without a schedule source."),
+        timeseries("Periodic entries: next run in", [
+            (f"bottomk({TOP}, max by (entry, name) ({q.g(m.PERIODIC_NEXT_RUN, f[1])}) "
+             f"- time())", entry),
+        ], unit=SECONDS, w=8,
+            thresholds=steps(("red", None), ("green", 0)),
+            description=f"Seconds until each entry's next run by its schedule (interval "
+                        f"or crontab, Celery's own arithmetic), the {TOP} soonest: a "
+                        f"saw-tooth while beat runs; below 0 the run is late."),
+        timeseries("Periodic entries: since last run", [
+            (top(f"time() - max by (entry, name) ({q.g(m.PERIODIC_LAST_RUN, f[1])})"), entry),
+        ], unit=SECONDS, w=8,
+            description=f"Seconds since each entry's task was last sent (or "
+                        f"django-celery-beat's last_run_at, when later), the {TOP} longest."),
         timeseries("Since last published by task",
                    [(top(f"time() - max by (name) ({q.g(m.TASK_LAST_SENT, f[1])})"),
                      "{{name}}")],
                    unit=SECONDS, w=24,
                    description=f"Seconds since a task of that name was last published "
-                               f"(task-sent), the {TOP} longest silent: a periodic task that "
-                               f"stops being sent climbs here (CeleryPeriodicTaskOverdue)."),
+                               f"(task-sent), the {TOP} longest silent: without a schedule "
+                               f"source, a periodic task that stops being sent climbs here "
+                               f"(CeleryPeriodicTaskOverdue with periodic_interval_seconds)."),
     ]
 
     return dashboard(
@@ -163,5 +193,6 @@ def build(opts: Options) -> g.Dashboard:
             ("Failures", failures),
             ("Latency", latency),
             ("Running and interrupted", running),
+            ("Periodic tasks (beat)", periodic),
         ]),
     )

@@ -88,6 +88,12 @@ class Exporter:
             probes.append(InspectProbe(cfg.broker_url, cfg.transport_options, self.pipeline,
                                        cfg.inspect_interval, cfg.probe_timeout,
                                        self.live_workers))
+        if cfg.beat_sources:
+            from celery_events_exporter.beat.probe import BeatProbe
+
+            probes.append(BeatProbe(cfg.beat_sources, self.pipeline, cfg.state.labels,
+                                    cfg.probe_interval, cfg.probe_timeout, cfg.beat_grace,
+                                    cfg.beat_max_entries))
         return probes
 
     def readiness(self) -> tuple[bool, str]:

@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "consumer utilisation")
     g.add_argument("--rabbitmq-management-ca", default=env("--rabbitmq-management-ca"),
                    help="CA bundle to verify the management API's certificate")
+    g = p.add_argument_group("periodic tasks (celery beat)")
+    g.add_argument("--beat-schedule", default=env("--beat-schedule"), metavar="MODULE[:ATTR]",
+                   help="read beat schedule entries from this module's dict (default ATTR: "
+                        "CELERY_BEAT_SCHEDULE, else beat_schedule; the timezone from "
+                        "CELERY_TIMEZONE / timezone beside it) or Celery app (its "
+                        "conf.beat_schedule), e.g. proj.settings: a Django settings module "
+                        "imports without Django")
+    g.add_argument("--beat-database-url", default=env("--beat-database-url"),
+                   help="also read django-celery-beat's tables, read-only, with plain SQL: "
+                        "sqlite:////path/db.sqlite3 or postgresql://user@host/db (needs "
+                        "psycopg); set it in the environment to keep a password out of `ps`")
+    g.add_argument("--beat-grace", type=float,
+                   default=float(env("--beat-grace", 60)),  # type: ignore[arg-type]
+                   help="seconds past an entry's next run before it counts as overdue "
+                        "(default 60)")
+    g.add_argument("--beat-max-entries", type=int,
+                   default=int(env("--beat-max-entries", 1000)),  # type: ignore[arg-type]
+                   help="cap of schedule entries exported; the rest are counted in "
+                        "celery_exporter_periodic_entries_skipped{reason=\"over_cap\"}")
     p.add_argument("--log-level", default=env("--log-level", "INFO"),
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -155,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"{flag}: must be a non-negative number of seconds")
     if args.probe_timeout <= 0:
         raise ConfigError("--probe-timeout: must be positive")
+    beat_sources = _beat_sources(args)
     buckets = {}
     for metric, flag, value in ((m.QUEUE_WAIT, "--queue-wait-buckets", args.queue_wait_buckets),
                                 (m.PREFETCH_WAIT, "--prefetch-wait-buckets",
@@ -180,7 +200,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
         rabbitmq_management_url=args.rabbitmq_management_url,
         rabbitmq_management_ca=args.rabbitmq_management_ca,
         web_config_file=args.web_config_file, max_message_bytes=args.max_message_bytes,
-        ingest=args.ingest, log_level=args.log_level)
+        ingest=args.ingest, log_level=args.log_level, beat_sources=beat_sources,
+        beat_grace=args.beat_grace, beat_max_entries=args.beat_max_entries)
+
+
+def _beat_sources(args: argparse.Namespace) -> tuple[object, ...]:
+    """The schedule sources the flags name, each checked now (a module imported, a
+    database driver present), so a bad flag stops the exporter at start."""
+    if not args.beat_schedule and not args.beat_database_url:
+        return ()
+    if not args.beat_grace >= 0 or args.beat_grace == float("inf"):
+        raise ConfigError("--beat-grace: must be a non-negative number of seconds")
+    if args.beat_max_entries < 1:
+        raise ConfigError("--beat-max-entries: must be at least 1")
+    if args.probe_interval <= 0:
+        raise ConfigError("--beat-schedule/--beat-database-url: the schedule is read on the "
+                          "probe timer, which --probe-interval 0 disables")
+    from celery_events_exporter.beat.sources import DatabaseSource, ModuleSource
+
+    sources: list[object] = []
+    if args.beat_schedule:
+        sources.append(ModuleSource(args.beat_schedule))
+    if args.beat_database_url:
+        sources.append(DatabaseSource(args.beat_database_url))
+    return tuple(sources)
 
 
 def web_limits(args: argparse.Namespace) -> Limits:

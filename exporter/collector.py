@@ -21,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from celery_events_exporter import __version__
 from celery_events_exporter import metrics as m
+from celery_events_exporter.beat.schedules import SKIP_REASONS
 from celery_events_exporter.exposition import TaskCounter, TaskHistogram
 from celery_events_exporter.exposition import (
     generate_text as generate_text,  # callers import it from here
@@ -28,6 +29,9 @@ from celery_events_exporter.exposition import (
 from celery_events_exporter.pipeline import Pipeline
 from celery_events_exporter.probes import ProbeResults
 from celery_events_exporter.state import State
+
+# Probes that do not measure queues: their runs say nothing about a queue being empty.
+NOT_QUEUE_PROBES = frozenset({"inspect", "beat"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,6 +161,7 @@ class CeleryCollector:
         for name, at in sorted(last_sent.items()):
             family.add_metric([name, *static], at)
         yield family
+        yield from self._periodic()
         yield from self._workers(workers, missing)
         yield from self._queues(workers)
         family = self._gauge(m.QUEUE_OLDEST_WAITING_AGE)
@@ -212,7 +217,8 @@ class CeleryCollector:
         lost). Called under the pipeline lock."""
         with self.probes.lock:
             lengths = self.probes.queues.length
-            runs = [s.last_run for n, s in self.probes.status.items() if n != "inspect"]
+            runs = [s.last_run for n, s in self.probes.status.items()
+                    if n not in NOT_QUEUE_PROBES]
         stamp = state.stamp
         waiting = state.waiting
         if runs and max(runs):
@@ -227,6 +233,26 @@ class CeleryCollector:
             if length == 0:
                 ages[name] = 0.0
         return ages
+
+    def _periodic(self) -> Iterator[Metric]:
+        with self.probes.lock:
+            facts = self.probes.periodic  # replaced wholesale by each read, never mutated
+        if facts is None:  # no schedule source: no families at all
+            return
+        static = self.static_values
+        last = self._gauge(m.PERIODIC_LAST_RUN)
+        due = self._gauge(m.PERIODIC_NEXT_RUN)
+        overdue = self._gauge(m.PERIODIC_OVERDUE)
+        for row in facts.rows:
+            key = [row.entry, row.name, *static]
+            if row.last_run is not None:
+                last.add_metric(key, row.last_run)
+            due.add_metric(key, row.next_run)
+            overdue.add_metric(key, 1.0 if row.overdue else 0.0)
+        skipped = self._gauge(m.PERIODIC_SKIPPED)
+        for reason in SKIP_REASONS:  # every reason, 0 included: a panel shows "none"
+            skipped.add_metric([reason, *static], facts.skipped.get(reason, 0))
+        yield from (last, due, overdue, skipped)
 
     def _running(self, running: dict[tuple[str, str], tuple[int, float]]) -> Iterator[Metric]:
         static = self.static_values

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery_events_exporter import metrics as m
@@ -47,6 +48,10 @@ class Config:
     max_message_bytes: int = 1 << 20
     ingest: str = "auto"  # auto | redis | kombu
     log_level: str = "INFO"
+    # Beat schedule sources (beat.sources, validated by the CLI), read on the probe timer.
+    beat_sources: tuple[Any, ...] = ()
+    beat_grace: float = 60.0
+    beat_max_entries: int = 1000
 
     @property
     def scheme(self) -> str:

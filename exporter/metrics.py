@@ -125,10 +125,30 @@ TASK_LAST_SENT = Metric("task_last_sent_timestamp_seconds", "gauge",
                         "When a task of that name was last published (task-sent received, "
                         "exporter clock): a dead-man's switch for periodic tasks.", ("name",))
 
+# Periodic tasks, per beat schedule entry (--beat-schedule / --beat-database-url, read on the
+# probe timer). `entry` is the schedule's key (django-celery-beat: PeriodicTask.name), `name`
+# the task name as on every task metric, so the two join.
+_ENTRY = ("entry", "name")
+PERIODIC_LAST_RUN = Metric(
+    "periodic_task_last_run_timestamp_seconds", "gauge",
+    "When the entry's task was last sent (task-sent, exporter clock) or, if later, the "
+    "schedule database's last_run_at; absent until either is known.", _ENTRY)
+PERIODIC_NEXT_RUN = Metric(
+    "periodic_task_next_run_timestamp_seconds", "gauge",
+    "When the schedule expects the entry to run next, from its last run (before any: from "
+    "when the exporter first read the entry), by Celery's own interval and crontab "
+    "arithmetic.", _ENTRY)
+PERIODIC_OVERDUE = Metric(
+    "periodic_task_overdue", "gauge",
+    "1 when the entry's next run is more than --beat-grace seconds in the past and its task "
+    "has not been sent since: beat is down, stuck, or not running that entry.", _ENTRY)
+
 INCIDENT_METRICS: tuple[Metric, ...] = (
     TASK_RUNNING, TASK_OLDEST_RUNNING_AGE, TASK_INTERRUPTED, QUEUE_OLDEST_WAITING_AGE,
-    WORKER_LAST_RECEIVED, WORKER_QUEUE, TASK_LAST_SENT,
+    WORKER_LAST_RECEIVED, WORKER_QUEUE, TASK_LAST_SENT, PERIODIC_LAST_RUN, PERIODIC_NEXT_RUN,
+    PERIODIC_OVERDUE,
 )
+PERIODIC_METRICS: tuple[Metric, ...] = (PERIODIC_LAST_RUN, PERIODIC_NEXT_RUN, PERIODIC_OVERDUE)
 
 WORKER_UP = Metric("worker_up", "gauge",
                    "1 while the worker's heartbeats arrive, 0 after the heartbeat timeout or "
@@ -233,6 +253,12 @@ PROBE_LAST_SUCCESS = Metric(
     "exporter_probe_last_success_timestamp_seconds", "gauge",
     "When each broker probe last succeeded (0: not yet). Every probe run has a deadline, so "
     "a stalled broker stops this clock instead of freezing the probe.", ("probe",))
+PERIODIC_SKIPPED = Metric(
+    "exporter_periodic_entries_skipped", "gauge",
+    "Beat schedule entries not exported at the last schedule read, by reason (over_cap: "
+    "past --beat-max-entries; unsupported: a schedule type other than interval or crontab; "
+    "invalid: a schedule Celery cannot compute; excluded: the task name is filtered out).",
+    ("reason",))
 
 ALL: tuple[Metric, ...] = (
     *TASK_COUNTERS, *HISTOGRAMS, *INCIDENT_METRICS, *WORKER_GAUGES, WORKER_INFO,
@@ -241,7 +267,7 @@ ALL: tuple[Metric, ...] = (
     QUEUE_CONSUMER_UTILISATION, BUILD_INFO, BROKER_CONNECTED, BROKER_RECONNECTS, EVENTS,
     EVENTS_INVALID, EVENTS_DUPLICATE, LAST_EVENT, EVENT_LAG, TASKS_TRACKED, TASKS_EVICTED,
     SERIES_DROPPED, WAITS_CLAMPED, CLOCK_OFFSET, PROBE_DURATION, PROBE_SUCCESS, PROBE_ERRORS,
-    WORKERS_TASK_EVENTS_MISSING, PROBE_LAST_SUCCESS,
+    WORKERS_TASK_EVENTS_MISSING, PROBE_LAST_SUCCESS, PERIODIC_SKIPPED,
 )
 
 BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}

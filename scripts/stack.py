@@ -257,6 +257,14 @@ class Stack:
                                     "-Q", STUCK_QUEUE, "-c", "1", "-l", "warning",
                                     "--without-gossip", "--without-mingle"],
                         {**env, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}, cwd=PROJ)
+        self.start_beat()
+
+    def start_beat(self) -> None:
+        # The project's CELERY_BEAT_SCHEDULE; the schedule file (last runs) lives in the
+        # workdir, so a restarted demo keeps its entries' history.
+        self._spawn("beat", [str(BIN / "celery"), "-A", "proj", "beat", "-l", "warning",
+                             "-s", str(self.options.workdir / "celerybeat-schedule")],
+                    self.django_env(), cwd=PROJ)
 
     def start_load(self) -> None:
         duration = self.options.duration or 24 * 3600
@@ -276,8 +284,12 @@ class Stack:
             str(BIN / "celery-events-exporter"), "--broker-url", self.broker_url,
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
             "--inspect-interval", "10", *(a for q in queues for a in ("--queue", q)),
+            # The demo's beat schedule: per-entry last/next run and overdue.
+            "--beat-schedule", "proj.settings",
             # Signing workers refuse unsigned control messages: no inspect broadcast.
-            *(["--no-inspect"] if self.options.signing else []), *extra])
+            *(["--no-inspect"] if self.options.signing else []), *extra],
+            # proj.settings imports without Django (the exporter has none): only its path.
+            {"PYTHONPATH": str(PROJ)})
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", 30, exporter.proc)
         exporter.url = f"{url}/metrics"

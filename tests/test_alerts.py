@@ -407,7 +407,8 @@ def test_incident_thresholds_from_the_config_file(tmp_path: Path) -> None:
     config = ("max_runtime_seconds: 300\noldest_waiting_seconds: 120\n"
               "oldest_waiting_for: 1m\n"
               "tasks:\n  proj.nightly: {max_runtime_seconds: 120, "
-              "periodic_interval_seconds: 120}\n")
+              "periodic_interval_seconds: 120}\n"
+              "  proj.hourly: {periodic_interval_seconds: 120}\n")
     age = "celery_task_oldest_running_age_seconds"
     case = {
         "interval": "1m",
@@ -420,6 +421,12 @@ def test_incident_thresholds_from_the_config_file(tmp_path: Path) -> None:
             # Last published at 0, never since.
             {"series": 'celery_task_last_sent_timestamp_seconds{job="celery", instance="e:1", '
                        'name="proj.nightly"}', "values": "0x20"},
+            # Also silent since 0, but the exporter reads its beat entry, which says it is not
+            # due yet (an hourly crontab): the per-name fallback stays out of it.
+            {"series": 'celery_task_last_sent_timestamp_seconds{job="celery", instance="e:1", '
+                       'name="proj.hourly"}', "values": "0x20"},
+            {"series": 'celery_periodic_task_overdue{job="celery", instance="e:1", '
+                       'entry="hourly", name="proj.hourly"}', "values": "0x20"},
             # A message waits since 0 and nothing starts.
             {"series": 'celery_queue_oldest_waiting_age_seconds{job="celery", instance="e:1", '
                        'queue="reports"}', "values": "0+60x20"},
@@ -473,7 +480,7 @@ def test_example_config_generates_valid_rules_with_its_overrides(tmp_path: Path)
     assert 'queue="reports"' in text and "(1 - 0.95)" in text and "> 600" in text
     assert 'name="tasks.call_flaky_service"' in text and "> 0.8" in text
     assert 'name="tasks.slow_report"}) > 660' in text and "> 3600" in text
-    assert 'name="tasks.cleanup_sessions"})) > 60' in text
+    assert 'name="tasks.resend_welcome_emails"})) > 90' in text
     proc = subprocess.run([promtool(), "check", "rules", str(tmp_path / RULES_FILE)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -366,7 +366,11 @@ def exporter_environment(env: dict[str, str]) -> Iterator[None]:
 def exporter_config(compose: Compose) -> Any:
     from celery_events_exporter.cli import build_parser, config_from_args
 
-    with exporter_environment(compose.environment("exporter")):
+    # The exporter imports --beat-schedule's module from its working directory, a bind mount.
+    workdir = compose.services["exporter"].get("working_dir")
+    here = compose.host_path("exporter", workdir) if workdir else ROOT
+    assert here is not None and here.is_dir(), f"exporter working_dir {workdir}: not mounted"
+    with exporter_environment(compose.environment("exporter")), contextlib.chdir(here):
         return config_from_args(build_parser().parse_args(compose.command("exporter")))
 
 
@@ -429,7 +433,8 @@ def task_queues() -> list[str]:
 def test_app_environment_is_read_by_the_settings(compose: Compose) -> None:
     sources = "\n".join(path.read_text() for path in SETTINGS_SOURCES)
     app_services = compose.services_with_target("app")
-    assert set(app_services) == {"certs", "migrate", "web", "worker", "worker-reports", "load"}
+    assert set(app_services) == {"certs", "migrate", "web", "worker", "worker-reports", "load",
+                                 "beat"}
     for name in app_services:
         env = compose.environment(name)
         for key in env:
@@ -507,12 +512,16 @@ def test_celery_commands_use_real_options_and_queues(compose: Compose) -> None:
     queues = set(task_queues())
     consumed: set[str] = set()
     nodes = []
+    beats: list[str] = []
     for name in compose.services_with_target("app"):
         command = compose.command(name)
         if command[:1] == ["celery"]:
             sub, values = check_celery_argv(command, name)
-            assert sub == "worker"
             assert values["-A"] == "proj"
+            if sub == "beat":
+                beats.append(name)
+                continue
+            assert sub == "worker"
             worker_queues = values["-Q"].split(",")
             assert set(worker_queues) <= queues, f"{name}: -Q {worker_queues} vs {queues}"
             consumed.update(worker_queues)
@@ -528,6 +537,34 @@ def test_celery_commands_use_real_options_and_queues(compose: Compose) -> None:
             assert destination == nodes[-1], f"{name}: healthcheck pings {destination}"
     assert consumed == queues, f"queues no worker consumes: {queues - consumed}"
     assert len(nodes) == len(set(nodes)) == 2, f"worker node names: {nodes}"
+    assert beats == ["beat"], "exactly one celery beat (two would send every task twice)"
+
+
+def test_beat_runs_the_schedule_the_exporter_reads(compose: Compose,
+                                                   stack_spawns: dict[str, Any]) -> None:
+    """Beat publishes the project's CELERY_BEAT_SCHEDULE; the exporter reads that very dict
+    (without Django), in compose and in scripts/stack.py alike; beat's healthcheck watches
+    the schedule file it writes."""
+    schedule = json.loads(run_in_proj(
+        "import json; from proj import settings; print(json.dumps({k: v['task'] for k, v "
+        "in settings.CELERY_BEAT_SCHEDULE.items()}))", {}))
+    tasks = json.loads(run_in_proj(
+        "import json, django; django.setup(); from proj.celery import app; "
+        "app.loader.import_default_modules(); print(json.dumps(sorted(app.tasks)))",
+        {"DJANGO_SETTINGS_MODULE": "proj.settings"}))
+    assert schedule and set(schedule.values()) <= set(tasks), "every entry runs a real task"
+    config = exporter_config(compose)
+    (source,) = config.beat_sources
+    assert {e.name: e.task for e in source.entries} == schedule
+    assert not source.skipped
+    for argv in (compose.command("exporter"), stack_spawns["exporter"]["argv"]):
+        assert _flag_value_pair(argv, "--beat-schedule") == "proj.settings"
+    sub, values = check_celery_argv(compose.command("beat"), "beat")
+    assert sub == "beat"
+    check = " ".join(compose.services["beat"]["healthcheck"]["test"])
+    assert values["-s"].startswith("/tmp/") and f"'{values['-s']}*'" in check
+    theirs = stack_spawns["beat"]["argv"]
+    assert theirs[theirs.index("-A") + 1:theirs.index("beat") + 1] == ["proj", "beat"]
 
 
 def _manage_py_command_file(command: str) -> Path | None:
@@ -1221,7 +1258,7 @@ def test_stack_and_compose_run_the_same_workers_and_exporter(
 
     ours = sorted(worker_shape(compose.command(name), compose.environment(name))
                   for name in compose.services_with_target("app")
-                  if compose.command(name)[:1] == ["celery"])
+                  if compose.command(name)[:1] == ["celery"] and "worker" in compose.command(name))
     theirs = sorted(worker_shape(spawn["argv"], spawn["env"])
                     for name, spawn in stack_spawns.items() if name.startswith("worker"))
     assert ours == theirs

@@ -232,10 +232,11 @@ def test_panel_queries_substitutes_variables() -> None:
     picked = panel_queries(tasks, variables={"queue": "celery", "task": ["a.b", "c"],
                                              "__rate_interval": "2m"})
     # Every task filter gets both values; the queue filter is on every metric with a queue
-    # label (celery_task_last_sent_timestamp_seconds has only `name`).
+    # label (celery_task_last_sent_timestamp_seconds and the periodic entries have `name`
+    # only).
     assert all(r'name=~"(a\.b|c)"' in e for t, e in picked if "name=~" in e)
     assert all('queue=~"celery"' in e for t, e in picked
-               if "name=~" in e and "last_sent" not in e)
+               if "name=~" in e and "last_sent" not in e and "periodic_" not in e)
     assert any("[2m]" in e for _, e in picked)
     assert all('job=~".*"' in e for _, e in picked)  # "All" -> allValue
     assert all('instance=~".*"' in e for _, e in picked)
@@ -315,7 +316,8 @@ def test_per_task_panels_show_the_top_tasks_only() -> None:
     for panel in panels(tasks):
         for target in panel.get("targets", []):
             if "{{name}}" in target.get("legendFormat", ""):
-                assert target["expr"].startswith("topk(10, "), (panel["title"], target["expr"])
+                assert target["expr"].startswith(("topk(10, ", "bottomk(10, ")), (
+                    panel["title"], target["expr"])
 
 
 def test_overview_links_carry_the_variables() -> None:

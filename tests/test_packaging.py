@@ -289,3 +289,41 @@ def test_check_subcommand_works_from_the_plain_wheel(venv: Venv, redis_url: str)
     assert "Traceback" not in out.stderr, out.stderr
     assert f"Broker: {redis_url}" in out.stdout
     assert "no worker heartbeats" in out.stdout
+
+
+@pytest.mark.redis
+def test_plain_wheel_reads_the_demo_beat_schedule_without_django(venv: Venv,
+                                                                 redis_url: str) -> None:
+    """--beat-schedule proj.settings from the plain install (no Django): the demo's own
+    settings module, whose package __init__ would start the Celery app and Django."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_EVENTS_EXPORTER_",
+                                                                     "DJANGO_", "PYTHON"))}
+    url = redis_url.rsplit("/", 1)[0] + f"/{EVENTS_DB}"
+    proc = subprocess.Popen([str(venv.script), "--broker-url", url, "--host", "127.0.0.1",
+                             "--port", str(port), "--probe-interval", "1", "--no-inspect",
+                             "--beat-schedule", "proj.settings"],
+                            cwd=ROOT / "proj", env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    text = ""
+    try:
+        wait_for_port(port, 30, proc)
+        for _ in range(100):  # bounded: about 20 s (the first probe run is at start)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            if "celery_periodic_task_next_run_timestamp_seconds{" in text:
+                break
+            time.sleep(0.2)
+    finally:
+        stop_proc(proc)
+    for entry in ("resend-welcome-emails", "cleanup-results", "signup-report"):
+        assert f'celery_periodic_task_overdue{{entry="{entry}"' in text, (entry, text[-2000:])
+    assert 'celery_exporter_probe_success{probe="beat"} 1.0' in text
+
+
+def test_plain_wheel_names_the_driver_a_database_flag_needs(venv: Venv) -> None:
+    out = venv.run(venv.script, "--broker-url", "redis://127.0.0.1:1/0",
+                   "--beat-database-url", "postgresql://beat@db.invalid/app")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--beat-database-url" in out.stderr and "psycopg" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -12,6 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celery_events_exporter.beat import PeriodicFacts
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ class ProbeResults:
         self.lock = threading.Lock()
         self.queues = QueueFacts()
         self.status: dict[str, ProbeStatus] = {}
+        # Per beat schedule entry (beat.BeatProbe); None without a schedule source.
+        self.periodic: PeriodicFacts | None = None
 
     def register(self, name: str) -> None:
         with self.lock:

@@ -10,6 +10,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+from celery.schedules import crontab
 from kombu import Queue
 
 from proj.envconfig import broker_scheme, database_from_env, env_flag, env_int
@@ -116,6 +117,28 @@ if broker_scheme(CELERY_BROKER_URL) == "redis":
         # the longest task runtime and the furthest ETA/countdown the demo uses.
         "visibility_timeout": 3600,
     }
+
+# Celery beat (`celery -A proj beat`, run by scripts/demo and docker-compose.yml) publishes
+# these; the exporter reads this very dict (--beat-schedule proj.settings) to export each
+# entry's last and next run and whether it is overdue. Beat publishes with the producer
+# settings above, so task-sent events (CELERY_TASK_SEND_SENT_EVENT) mark every run.
+CELERY_BEAT_SCHEDULE = {
+    # An interval: the sweep for welcome emails lost between commit and publish.
+    "resend-welcome-emails": {
+        "task": "tasks.resend_welcome_emails",
+        "schedule": timedelta(seconds=30),
+    },
+    # Crontabs (CELERY_TIMEZONE): old results out of the database, and a signup report.
+    "cleanup-results": {
+        "task": "tasks.cleanup_results",
+        "schedule": crontab(minute="*/10"),
+    },
+    "signup-report": {
+        "task": "tasks.signup_report",
+        "schedule": crontab(minute="*/5"),
+        "kwargs": {"minutes": 5},
+    },
+}
 
 # --- Message signing ---------------------------------------------------------------------
 # DEMO_SIGNING=1 signs task and control messages with the throw-away key pair from

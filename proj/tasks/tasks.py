@@ -10,8 +10,10 @@ The emails keep early acks: a duplicate email is worse than a retry by hand.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from datetime import timedelta
 from smtplib import SMTPException
 from typing import Any
 
@@ -24,6 +26,8 @@ from tasks import work
 from tasks.base import ObservedTask
 from tasks.exceptions import ExternalServiceError
 from tasks.models import Signup
+
+logger = logging.getLogger("tasks")
 
 _MAIL_RETRY = {"autoretry_for": (SMTPException, ConnectionError), "retry_backoff": True,
                "retry_backoff_max": 300, "retry_jitter": True, "max_retries": 5}
@@ -103,3 +107,54 @@ def slow_report(self: ObservedTask, seconds: float, rows: int = 1000) -> dict[st
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(0.25, left))
     return {"rows": rows, "seconds": seconds}
+
+
+# --- periodic tasks (CELERY_BEAT_SCHEDULE in proj/settings.py) ------------------------------
+# Each is cheap, idempotent and safe to run late or twice: beat gives no exactly-once.
+
+#: A welcome email still unsent this long after its signup is taken as lost (the process died
+#: between the commit and the publish, or the message was dropped) and queued again.
+WELCOME_EMAIL_GRACE = timedelta(minutes=5)
+#: At most this many re-queued per sweep, so a backlog drains over several runs.
+RESEND_BATCH = 100
+
+
+@shared_task(name="tasks.resend_welcome_emails", base=ObservedTask, bind=True, acks_late=True)
+def resend_welcome_emails(self: ObservedTask) -> dict[str, Any]:
+    """Re-queue welcome emails whose signup committed but whose email never went out."""
+    cutoff = timezone.now() - WELCOME_EMAIL_GRACE
+    ids = list(Signup.objects.filter(welcome_sent_at__isnull=True, created_at__lt=cutoff)
+               .order_by("pk").values_list("pk", flat=True)[:RESEND_BATCH])
+    for signup_id in ids:
+        # send_welcome_email checks welcome_sent_at itself: a duplicate sends nothing.
+        send_welcome_email.delay(signup_id)
+    if ids:
+        logger.warning("re-queued %d lost welcome email(s)", len(ids))
+    return {"requeued": len(ids)}
+
+
+@shared_task(name="tasks.cleanup_results", base=ObservedTask, bind=True, acks_late=True)
+def cleanup_results(self: ObservedTask) -> dict[str, Any]:
+    """Delete stored task results older than CELERY_RESULT_EXPIRES.
+
+    celery.backend_cleanup does the same once a night; under the demo's steady load the
+    result table grows by hundreds of thousands of rows a day, so this runs more often and
+    keeps every delete small.
+    """
+    from django_celery_results.models import TaskResult
+
+    cutoff = timezone.now() - settings.CELERY_RESULT_EXPIRES
+    deleted, _ = TaskResult.objects.filter(date_done__lt=cutoff).delete()
+    return {"deleted": deleted}
+
+
+@shared_task(name="tasks.signup_report", base=ObservedTask, bind=True, acks_late=True)
+def signup_report(self: ObservedTask, minutes: int = 5) -> dict[str, Any]:
+    """Signups of the last `minutes` and welcome emails still pending, for the log."""
+    since = timezone.now() - timedelta(minutes=minutes)
+    recent = Signup.objects.filter(created_at__gte=since)
+    report = {"minutes": minutes, "signups": recent.count(),
+              "welcome_pending": recent.filter(welcome_sent_at__isnull=True).count()}
+    logger.info("signup report: %(signups)d signup(s) in %(minutes)d min, "
+                "%(welcome_pending)d welcome email(s) pending", report)
+    return report

@@ -41,6 +41,10 @@ def test_task_names_and_routes(celery_app: Any) -> None:
         "tasks.call_flaky_service": "default",
         "tasks.process_batch": "reports",
         "tasks.slow_report": "reports",
+        # Periodic (CELERY_BEAT_SCHEDULE): the welcome emails they re-queue go to `emails`.
+        "tasks.resend_welcome_emails": "default",
+        "tasks.cleanup_results": "default",
+        "tasks.signup_report": "default",
     }
     registered = {name for name in celery_app.tasks if name.startswith("tasks.")}
     assert registered == set(expected)

@@ -230,6 +230,24 @@ def test_an_ha_pair_counts_once(demo: Demo) -> None:
     assert single > 0 and 0.7 < pair / single < 1.3, (pair, single)
 
 
+def test_beat_runs_the_demo_schedule_and_nothing_is_overdue(demo: Demo) -> None:
+    """The demo's beat publishes CELERY_BEAT_SCHEDULE; the exporters read the same dict: the
+    30 s sweep runs (its last run appears), every entry has a next run, none is overdue."""
+    wait_for("the 30 s beat entry's first run", lambda: demo.query(
+        'celery_periodic_task_last_run_timestamp_seconds{job="celery", '
+        'entry="resend-welcome-emails", name="tasks.resend_welcome_emails"}'), demo)
+    due = demo.query('max by (entry, name) (celery_periodic_task_next_run_timestamp_seconds'
+                     '{job="celery"}) - time()')
+    assert {(r["metric"]["entry"], r["metric"]["name"]) for r in due} == {
+        ("resend-welcome-emails", "tasks.resend_welcome_emails"),
+        ("cleanup-results", "tasks.cleanup_results"),
+        ("signup-report", "tasks.signup_report")}
+    assert all(-5 < float(r["value"][1]) <= 600 for r in due), due  # a crontab: <= 10 min
+    overdue = demo.query('celery_periodic_task_overdue{job=~"celery|celery-host"}')
+    assert len(overdue) == 9 and all(r["value"][1] == "0" for r in overdue), overdue
+    assert "CeleryPeriodicTaskOverdue" not in {a["labels"]["alertname"] for a in demo.alerts()}
+
+
 def test_every_dashboard_panel_returns_data(demo: Demo) -> None:
     wait_for("a minute of data", lambda: demo.query(
         "count_over_time(celery_exporter_broker_connected[1m]) > 20"), demo)

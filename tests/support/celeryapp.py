@@ -32,6 +32,14 @@ app.conf.update(
 )
 
 
+# Celery beat for tests/integration/test_beat.py (`celery -A tests.support.celeryapp beat`);
+# the exporter reads the same schedule (--beat-schedule tests.support.celeryapp:app).
+app.conf.beat_schedule = {
+    "it-tick": {"task": "tests.add", "schedule": float(os.environ.get("CEE_BEAT_EVERY", "1.5")),
+                "args": (1, 2)},
+}
+
+
 @app.task(name="tests.add")
 def add(x: int, y: int) -> int:
     return x + y
