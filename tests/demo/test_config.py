@@ -41,6 +41,7 @@ def test_task_names_and_routes(celery_app: Any) -> None:
         "tasks.call_flaky_service": "default",
         "tasks.process_batch": "reports",
         "tasks.slow_report": "reports",
+        "tasks.crash_worker": "fragile",  # demo only: only a `-Q fragile` worker runs it
     }
     registered = {name for name in celery_app.tasks if name.startswith("tasks.")}
     assert registered == set(expected)
