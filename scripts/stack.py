@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celery_events_exporter.alerts.config import DEFAULT_TASKS
+from celery_events_exporter.alerts.config import DEFAULT_TASKS, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJ = ROOT / "proj"
@@ -58,6 +58,8 @@ DEMO_CONFIG: dict[str, object] = {
     "tasks": {**DEFAULT_TASKS, "tasks.slow_report": {"max_runtime_seconds": 20}},
 }
 STUCK_QUEUE = "stuck"
+# The demo's summary line scrapes the exporter this often.
+SUMMARY_SECONDS = 5.0
 # `--scenario` names and the queues they use, as proj/tasks/loadgen.py (SCENARIOS,
 # CRASH_QUEUE, UNCONSUMED_QUEUE) has them; the stack cannot import the Django project.
 SCENARIOS = ("long", "interrupted", "waiting")
@@ -320,6 +322,10 @@ class Stack:
             str(BIN / "celery-events-exporter"), "--broker-url", self.broker_url,
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
             "--inspect-interval", "10", *(a for q in queues for a in ("--queue", q)),
+            # Prometheus and the demo's own summary line (every 5 s) both scrape: each must
+            # see a new series at 0, or its first increment (the first interrupted task, a
+            # queue's first start) is invisible to increase() in Prometheus.
+            "--new-series-delay", f"{max(SUMMARY_SECONDS, self._scrape_seconds()):g}",
             # Signing workers refuse unsigned control messages: no inspect broadcast.
             *(["--no-inspect"] if self.options.signing else []), *extra])
         url = f"http://127.0.0.1:{port}"
@@ -417,6 +423,9 @@ class Stack:
         self.flower_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.flower_url}/healthcheck", 60, flower.proc)
         flower.url = self.flower_url
+
+    def _scrape_seconds(self) -> float:
+        return seconds(self.options.scrape_interval)
 
     def start(self) -> Stack:
         self.options.workdir.mkdir(parents=True, exist_ok=True)
@@ -589,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         previous: dict[str, float] = {}
         last = time.monotonic()
         while not stopping and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+            time.sleep(min(SUMMARY_SECONDS, max(0.1, deadline - time.monotonic())))
             for name in stack.restart_exited():
                 print(f"restarted {name}", flush=True)
             dead = stack.dead()

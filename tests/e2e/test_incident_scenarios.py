@@ -56,8 +56,9 @@ def test_scenario_fires_its_alert_in_alertmanager(demo: Demo, scenario: str) -> 
     got = wait_for(f"{alertname} active in Alertmanager", lambda: active(demo, alertname),
                    demo, timeout=max(left, 5))
     assert isinstance(got, list)
-    # Exactly the scenario's incident, not some other task, queue or worker.
-    assert [{k: a.get(k) for k in labels} for a in got] == [labels], got
+    # The scenario's incident, once. Others of the name may follow from it: the long report
+    # holds the only pool slot of the `reports` worker, so that queue starves too.
+    assert [{k: a.get(k) for k in labels} for a in got].count(labels) == 1, got
 
 
 def test_the_crashed_worker_is_back(demo: Demo) -> None:
