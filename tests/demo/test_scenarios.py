@@ -24,7 +24,6 @@ pytestmark = pytest.mark.usefixtures("celery_app")
 @pytest.fixture
 def client(demo: DemoEnv) -> Any:
     import redis
-
     from tasks.loadgen import CRASH_QUEUE, UNCONSUMED_QUEUE
 
     client = redis.Redis.from_url(demo.broker_url)
@@ -75,10 +74,11 @@ def test_an_unknown_scenario_is_refused(client: Any) -> None:
 
 
 def test_the_demo_stack_knows_the_same_scenarios() -> None:
-    from scripts import stack
     from tasks import loadgen
 
-    assert stack.SCENARIOS == tuple(loadgen.SCENARIOS)
+    from scripts import stack
+
+    assert tuple(loadgen.SCENARIOS) == stack.SCENARIOS
     assert (stack.CRASH_QUEUE, stack.UNCONSUMED_QUEUE) == (loadgen.CRASH_QUEUE,
                                                            loadgen.UNCONSUMED_QUEUE)
 
