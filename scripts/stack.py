@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery_events_exporter.alerts.config import DEFAULT_TASKS, seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJ = ROOT / "proj"
 BIN = Path(sys.executable).parent
@@ -49,8 +51,20 @@ DEMO_CONFIG: dict[str, object] = {
     "no_consumers_for": "1m", "worker_down_for": "30s", "worker_down_retention": "10m",
     "no_workers_for": "1m", "events_missing_for": "1m", "exporter_down_for": "1m",
     "exporter_absent_for": "1m", "broker_disconnected_for": "30s", "falling_behind_for": "2m",
+    # Incident alerts, for `--scenario` (proj/tasks/loadgen.py SCENARIOS): a slow report runs
+    # seconds in the demo, so 20 s is "stuck"; the ghost alert keeps its defaults.
+    "running_too_long_for": "15s", "interrupted_for": "10s", "oldest_waiting_seconds": 20,
+    "oldest_waiting_for": "15s",
+    "tasks": {**DEFAULT_TASKS, "tasks.slow_report": {"max_runtime_seconds": 20}},
 }
 STUCK_QUEUE = "stuck"
+# The demo's summary line scrapes the exporter this often.
+SUMMARY_SECONDS = 5.0
+# `--scenario` names and the queues they use, as proj/tasks/loadgen.py (SCENARIOS,
+# CRASH_QUEUE, UNCONSUMED_QUEUE) has them; the stack cannot import the Django project.
+SCENARIOS = ("long", "interrupted", "waiting")
+CRASH_QUEUE = "fragile"
+UNCONSUMED_QUEUE = "unconsumed"
 
 
 def free_port() -> int:
@@ -138,6 +152,7 @@ class StackOptions:
     stuck_queue: bool = False  # a third worker that never gets to the tasks of one queue
     ha_replica: bool = False  # a second exporter in job "celery": an HA pair
     grouped_exporter: bool = False  # an exporter with --worker-label host, job "celery-host"
+    scenarios: tuple[str, ...] = ()  # incidents the load produces (loadgen --scenario)
 
 
 @dataclass
@@ -152,6 +167,8 @@ class Stack:
     web_url: str = ""
     flower_url: str = ""
     missing: list[str] = field(default_factory=list)
+    # Services brought back when they exit, as a supervisor would: name -> how to start it.
+    restartable: dict[str, tuple[list[str], dict[str, str], Path]] = field(default_factory=dict)
 
     # -- process helpers --------------------------------------------------------------------
 
@@ -257,6 +274,14 @@ class Stack:
                                     "-Q", STUCK_QUEUE, "-c", "1", "-l", "warning",
                                     "--without-gossip", "--without-mingle"],
                         {**env, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}, cwd=PROJ)
+        if "interrupted" in self.options.scenarios:
+            # The worker the crash task takes down (it consumes nothing else), restarted
+            # like a supervisor would: the demo goes on, and the restart's worker-online
+            # ends what the dead worker was running if its heartbeats had not timed out yet.
+            argv = [celery, "-A", "proj", "worker", "-n", "w4@%h", "-E", "-Q", CRASH_QUEUE,
+                    "-c", "1", "-l", "warning", "--without-gossip", "--without-mingle"]
+            self._spawn("worker4", argv, env, cwd=PROJ)
+            self.restartable["worker4"] = (argv, env, PROJ)
         self.start_beat()
 
     def start_beat(self) -> None:
@@ -266,6 +291,21 @@ class Stack:
                              "-s", str(self.options.workdir / "celerybeat-schedule")],
                     self.django_env(), cwd=PROJ)
 
+    def restart_exited(self) -> list[str]:
+        """Start again the restartable services that exited; their names."""
+        restarted = []
+        for service in [s for s in self.services if s.name in self.restartable]:
+            if service.proc.poll() is None:
+                continue
+            # A killed worker's pool children may outlive it in its process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(service.proc.pid, signal.SIGKILL)
+            self.services.remove(service)
+            argv, env, cwd = self.restartable[service.name]
+            self._spawn(service.name, argv, env, cwd)
+            restarted.append(f"{service.name} (exit {service.proc.returncode})")
+        return restarted
+
     def start_load(self) -> None:
         duration = self.options.duration or 24 * 3600
         argv = [str(BIN / "python"), "manage.py", "loadgen", "--rate", str(self.options.rate),
@@ -274,18 +314,28 @@ class Stack:
             argv += ["--seed", str(self.options.load_seed)]
         if self.options.stuck_queue:
             argv += ["--stuck-queue", STUCK_QUEUE]
+        if self.options.scenarios:
+            argv += ["--scenario", ",".join(self.options.scenarios)]
         self._spawn("load", argv, self.django_env(), cwd=PROJ)
 
     def _exporter(self, name: str, port: int, *extra: str) -> str:
         queues = ["default", "emails", "reports", "priority"]
         if self.options.stuck_queue:
             queues.append(STUCK_QUEUE)
+        if "interrupted" in self.options.scenarios:
+            queues.append(CRASH_QUEUE)
+        if "waiting" in self.options.scenarios:
+            queues.append(UNCONSUMED_QUEUE)
         exporter = self._spawn(name, [
             str(BIN / "celery-events-exporter"), "--broker-url", self.broker_url,
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
             "--inspect-interval", "10", *(a for q in queues for a in ("--queue", q)),
             # The demo's beat schedule: per-entry last/next run and overdue.
             "--beat-schedule", "proj.settings",
+            # Prometheus and the demo's own summary line (every 5 s) both scrape: each must
+            # see a new series at 0, or its first increment (the first interrupted task, a
+            # queue's first start) is invisible to increase() in Prometheus.
+            "--new-series-delay", f"{max(SUMMARY_SECONDS, self._scrape_seconds()):g}",
             # Signing workers refuse unsigned control messages: no inspect broadcast.
             *(["--no-inspect"] if self.options.signing else []), *extra],
             # proj.settings imports without Django (the exporter has none): only its path.
@@ -385,6 +435,9 @@ class Stack:
         self.flower_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.flower_url}/healthcheck", 60, flower.proc)
         flower.url = self.flower_url
+
+    def _scrape_seconds(self) -> float:
+        return seconds(self.options.scrape_interval)
 
     def start(self) -> Stack:
         self.options.workdir.mkdir(parents=True, exist_ok=True)
@@ -493,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "scrapes both of")
     p.add_argument("--grouped-exporter", action="store_true",
                    help="also run an exporter with --worker-label host, as job 'celery-host'")
+    p.add_argument("--scenario", action="append", default=[], metavar="NAME[,NAME]",
+                   help=f"incidents the load produces at its start (repeatable, or a comma "
+                        f"list): {', '.join(SCENARIOS)}; 'interrupted' adds worker w4 on "
+                        f"queue '{CRASH_QUEUE}', which the crash kills and the demo "
+                        f"restarts. See docs/demo.md 'Incident scenarios'")
     return p
 
 
@@ -500,6 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration < 0 or args.rate <= 0:
         build_parser().error("--duration must be >= 0 and --rate > 0")
+    scenarios = tuple(dict.fromkeys(n.strip() for v in args.scenario for n in v.split(",")
+                                    if n.strip()))
+    unknown = [n for n in scenarios if n not in SCENARIOS]
+    if unknown:
+        build_parser().error(f"unknown --scenario {', '.join(unknown)} "
+                             f"(choose from {', '.join(SCENARIOS)})")
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     options = StackOptions(workdir=args.workdir, broker=args.broker, rate=args.rate,
@@ -507,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                            prometheus=not args.no_prometheus, webhook_url=args.webhook_url,
                            scrape_interval=args.scrape_interval, load_seed=args.seed,
                            signing=args.signing, flower=args.flower, stuck_queue=args.stuck_queue,
-                           ha_replica=args.ha_replica, grouped_exporter=args.grouped_exporter)
+                           ha_replica=args.ha_replica, grouped_exporter=args.grouped_exporter,
+                           scenarios=scenarios)
     stack = Stack(options)
     stopping = False
 
@@ -534,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  alertmanager  {stack.alertmanager_url}")
         if stack.flower_url:
             print(f"  flower        {stack.flower_url}/tasks")
+        if options.scenarios:
+            print(f"  scenarios     {', '.join(options.scenarios)} (alerts: docs/demo.md, "
+                  f"'Incident scenarios')")
         for name in stack.missing:
             print(f"  ({name} is not installed: apt-get install {name} to see rules and alerts)")
         print("Grafana is not started here; `docker compose up` brings it with the dashboards."
@@ -542,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         previous: dict[str, float] = {}
         last = time.monotonic()
         while not stopping and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+            time.sleep(min(SUMMARY_SECONDS, max(0.1, deadline - time.monotonic())))
+            for name in stack.restart_exited():
+                print(f"restarted {name}", flush=True)
             dead = stack.dead()
             if dead:
                 print(f"stopping: {', '.join(dead)} exited; see {args.workdir / 'logs'}")

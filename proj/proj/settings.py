@@ -105,6 +105,9 @@ CELERY_TASK_ROUTES = {
     "tasks.send_password_reset": {"queue": "priority"},
     "tasks.slow_report": {"queue": "reports"},
     "tasks.process_batch": {"queue": "reports"},
+    # Demo only: kills the worker that runs it (loadgen --scenario interrupted). Its own
+    # queue, so only a worker started with -Q fragile can be taken down by it.
+    "tasks.crash_worker": {"queue": "fragile"},
 }
 if broker_scheme(CELERY_BROKER_URL) == "redis":
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -3,6 +3,9 @@
 Each kind below publishes one task the way application code would. A mix is a table of
 weights; tasks are drawn from shuffled decks built from those weights, so every kind shows
 up within one deck even on short runs, while the order still looks random.
+
+Scenarios (`--scenario`) are incidents on demand: each publishes, once at the start of the
+run, the real work that produces one incident on a real worker (see SCENARIOS).
 """
 
 from __future__ import annotations
@@ -38,6 +41,45 @@ MIXES: dict[str, dict[str, int]] = {
 STUCK_EVERY = 10
 STUCK_SECONDS = 3600.0
 
+# Incident scenarios. Their queues: `fragile` is consumed only by a worker started for the
+# crash (scripts/demo --scenario interrupted), `unconsumed` by no worker at all.
+CRASH_QUEUE = "fragile"
+UNCONSUMED_QUEUE = "unconsumed"
+# A report that normally takes seconds running for minutes (the demo's rules give
+# tasks.slow_report a 20 s limit; its soft time limit ends it at 600 s).
+LONG_SECONDS = 300.0
+# How long the crash task runs before it kills its worker.
+CRASH_AFTER_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    alert: str  # what fires with the demo's rules (scripts/stack.py DEMO_CONFIG)
+    what: str
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "long": Scenario("CeleryTaskRunningTooLong",
+                     f"a tasks.slow_report on `reports` that runs {LONG_SECONDS:g} s instead "
+                     f"of seconds"),
+    "interrupted": Scenario("CeleryTasksInterrupted",
+                            f"tasks.crash_worker on `{CRASH_QUEUE}`: SIGKILLs the worker "
+                            f"running it mid-task (demo only)"),
+    "waiting": Scenario("CeleryQueueOldestWaitingHigh",
+                        f"a task on `{UNCONSUMED_QUEUE}`, a queue no worker consumes: it "
+                        f"waits, nothing starts (CeleryQueueNoConsumers too)"),
+}
+
+
+def parse_scenarios(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`--scenario a,b --scenario c` -> ("a", "b", "c"), in order, once each."""
+    names: list[str] = []
+    for value in values:
+        for name in (n.strip() for n in value.split(",")):
+            if name and name not in names:
+                names.append(name)
+    return tuple(names)
+
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -51,14 +93,21 @@ class LoadOptions:
     # A queue whose consumer never starts what it sends (see `_send_stuck`): the demo's
     # stuck-queue scenario. Empty: off.
     stuck_queue: str = ""
+    # Incidents to produce at the start of the run (SCENARIOS), not counted as load.
+    scenarios: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
             raise ValueError("rate must be > 0")
         if not self.duration > 0:
             raise ValueError("duration must be > 0")
-        if self.max_tasks is not None and self.max_tasks < 1:
-            raise ValueError("max-tasks must be >= 1")
+        unknown = [name for name in self.scenarios if name not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {', '.join(unknown)} "
+                             f"(choose from {', '.join(SCENARIOS)})")
+        # 0 tasks: the scenarios alone.
+        if self.max_tasks is not None and self.max_tasks < (0 if self.scenarios else 1):
+            raise ValueError("max-tasks must be >= 1 (or 0 with --scenario)")
         if self.mix not in MIXES:
             raise ValueError(f"unknown mix {self.mix!r} (choose from {', '.join(MIXES)})")
         if self.slow_seconds <= 0 or self.max_countdown < 1:
@@ -80,9 +129,11 @@ class Summary:
     def line(self) -> str:
         rate = self.sent / self.elapsed if self.elapsed > 0 else 0.0
         kinds = " ".join(f"{k}={n}" for k, n in sorted(self.kinds.items()))
+        scenarios = (f" scenarios={','.join(self.options.scenarios)}"
+                     if self.options.scenarios else "")
         return (f"loadgen: sent {self.sent} tasks in {self.elapsed:.1f}s ({rate:.1f}/s) "
                 f"mix={self.options.mix} seed={self.seed} stopped_by={self.stopped_by} "
-                f"revoked={self.revoked} | {kinds}")
+                f"revoked={self.revoked}{scenarios} | {kinds}")
 
 
 def deck(weights: dict[str, int], rng: random.Random) -> list[str]:
@@ -112,6 +163,8 @@ class LoadGenerator:
         opts = self.opts
         # Without --max-tasks the schedule itself ends at rate x duration tasks.
         limit = opts.max_tasks if opts.max_tasks is not None else float("inf")
+        for name in opts.scenarios:
+            getattr(self, f"_scenario_{name}")()
         start = self.clock()
         deadline = start + opts.duration
         try:
@@ -223,3 +276,15 @@ class LoadGenerator:
         result = tasks.slow_report.apply_async((self.opts.slow_seconds,), countdown=countdown)
         # Change our mind a quarter of the way to the ETA, like a user cancelling a report.
         self._pending_revokes.append((self.clock() + countdown / 4, result.id))
+
+    # --- one method per incident scenario (SCENARIOS) ---------------------------------
+
+    def _scenario_long(self) -> None:
+        tasks.slow_report.apply_async((LONG_SECONDS,), kwargs={"rows": 1})
+
+    def _scenario_interrupted(self) -> None:
+        # Routed to CRASH_QUEUE (settings.CELERY_TASK_ROUTES).
+        tasks.crash_worker.apply_async((CRASH_AFTER_SECONDS,))
+
+    def _scenario_waiting(self) -> None:
+        tasks.crunch_numbers.apply_async((50_000,), queue=UNCONSUMED_QUEUE)

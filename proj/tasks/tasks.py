@@ -11,12 +11,15 @@ The emails keep early acks: a duplicate email is worse than a retry by hand.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import time
 from datetime import timedelta
 from smtplib import SMTPException
 from typing import Any
 
+from billiard.process import current_process
 from celery import shared_task
 from django.conf import settings
 from django.core.mail import send_mail
@@ -158,3 +161,27 @@ def signup_report(self: ObservedTask, minutes: int = 5) -> dict[str, Any]:
     logger.info("signup report: %(signups)d signup(s) in %(minutes)d min, "
                 "%(welcome_pending)d welcome email(s) pending", report)
     return report
+
+
+@shared_task(name="tasks.crash_worker", base=ObservedTask, bind=True)
+def crash_worker(self: ObservedTask, after: float = 3.0) -> None:
+    """DEMO ONLY (`loadgen --scenario interrupted`): kills the worker that runs it.
+
+    Stands in for what takes a worker down mid-task in production (the OOM killer, a node
+    drained without a grace period): it SIGKILLs its prefork worker's main process, so no
+    worker-offline and no terminal task event are sent, heartbeats stop, and the exporter
+    counts the task in celery_task_interrupted_total. Routed to its own queue (`fragile`):
+    only a worker started with `-Q fragile` ever runs it. Early ack (no acks_late): the
+    message is gone once started, so a restarted worker does not crash again on it.
+    """
+    # In a pool child, billiard's process object remembers its parent: the worker's main
+    # process. Anywhere else (the solo or threads pool, a direct call) the parent would be
+    # whatever started the worker, so refuse rather than kill that.
+    parent = getattr(current_process(), "_parent_pid", None)
+    if not parent or parent == os.getpid():
+        raise RuntimeError("tasks.crash_worker runs only in a prefork pool child")
+    # task-started is sent by the main process when the pool accepts the job: give it time
+    # to go out, or the exporter would never see the task running.
+    time.sleep(max(0.0, after))
+    os.kill(parent, signal.SIGKILL)
+    os._exit(70)  # the orphaned pool child leaves with its worker

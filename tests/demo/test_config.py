@@ -45,6 +45,7 @@ def test_task_names_and_routes(celery_app: Any) -> None:
         "tasks.resend_welcome_emails": "default",
         "tasks.cleanup_results": "default",
         "tasks.signup_report": "default",
+        "tasks.crash_worker": "fragile",  # demo only: only a `-Q fragile` worker runs it
     }
     registered = {name for name in celery_app.tasks if name.startswith("tasks.")}
     assert registered == set(expected)

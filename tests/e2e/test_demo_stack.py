@@ -15,17 +15,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +30,8 @@ from celery_events_exporter.alerts.config import RulesConfig
 from celery_events_exporter.dashboards import Options, build_all
 from celery_events_exporter.dashboards.queries import panel_queries
 from scripts.stack import DEMO_CONFIG
+from tests.e2e.demostack import Demo, running_demo
+from tests.e2e.demostack import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 240
@@ -72,25 +68,6 @@ class Webhook:
                 if a.get("status") == "firing"}
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-class Demo:
-    def __init__(self, proc: subprocess.Popen, urls: dict[str, str], output: list[str]) -> None:
-        self.proc, self.urls, self.output = proc, urls, output
-
-    def query(self, expr: str) -> list:
-        body = get_json(f"{self.urls['prometheus']}/api/v1/query?"
-                        + urllib.parse.urlencode({"query": expr}))
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    def alerts(self) -> list[dict]:
-        return get_json(f"{self.urls['prometheus']}/api/v1/alerts")["data"]["alerts"]
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[Webhook]:
     hook = Webhook()
@@ -100,60 +77,25 @@ def webhook() -> Iterator[Webhook]:
 
 @pytest.fixture(scope="module")
 def demo(webhook: Webhook, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    workdir = tmp_path_factory.mktemp("demo")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.stack", "--duration", str(DEADLINE_SECONDS + 60),
-         "--rate", "8", "--seed", "7", "--exporter-port", "0", "--workdir", str(workdir),
-         "--webhook-url", webhook.url, "--scrape-interval", "2s", "--stuck-queue",
-         "--ha-replica", "--grouped-exporter"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    output: list[str] = []
-    threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
-                     daemon=True).start()
-    urls: dict[str, str] = {}
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and "alertmanager" not in urls:
-            assert proc.poll() is None, "demo exited early:\n" + "".join(output)
-            for line in list(output):
-                m = re.match(r"\s+(exporter|prometheus|alertmanager|django web)\s+(http\S+)", line)
-                if m:
-                    urls[m.group(1)] = re.sub(r"/(metrics|alerts|signup/)$", "", m.group(2))
-            time.sleep(0.2)
-        assert {"exporter", "prometheus", "alertmanager"} <= set(urls), "".join(output)
-        yield Demo(proc, urls, output)
+    with running_demo(["--duration", str(DEADLINE_SECONDS + 60), "--rate", "8", "--seed", "7",
+                       "--exporter-port", "0", "--webhook-url", webhook.url,
+                       "--scrape-interval", "2s", "--stuck-queue", "--ha-replica",
+                       "--grouped-exporter"], tmp_path_factory.mktemp("demo")) as demo:
+        yield demo
         # The clean stop is checked here, after every test of the module (they run in a
         # random order and share the stack): SIGINT ends it with 0, says so and frees ports.
-        ports = [int(u.rsplit(":", 1)[1]) for u in urls.values()]
-        assert proc.poll() is None, "demo died:\n" + "".join(output[-40:])
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 0, "".join(output[-40:])
-        assert any("stopped." in line for line in output)
+        ports = [int(u.rsplit(":", 1)[1]) for u in demo.urls.values()]
+        assert demo.proc.poll() is None, "demo died:\n" + "".join(demo.output[-40:])
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(90) == 0, "".join(demo.output[-40:])
+        assert any("stopped." in line for line in demo.output)
         for port in ports:
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} open after stop"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def wait_for(what: str, check, demo: Demo, timeout: float = DEADLINE_SECONDS) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        assert demo.proc.poll() is None, "demo died:\n" + "".join(demo.output[-40:])
-        last = check()
-        if last:
-            return last
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n"
-                         + "".join(demo.output[-20:]))
+    return _wait_for(what, check, demo, timeout)
 
 
 def test_exporter_metrics_show_the_load(demo: Demo) -> None:

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu.exceptions import OperationalError
 from proj.celery import app
 
-from tasks.loadgen import MIXES, LoadGenerator, LoadOptions
+from tasks.loadgen import MIXES, SCENARIOS, LoadGenerator, LoadOptions, parse_scenarios
 
 
 class Command(BaseCommand):
@@ -27,6 +27,11 @@ class Command(BaseCommand):
         parser.add_argument("--stuck-queue", default="",
                             help="also send hour-long tasks to this queue (one in "
                                  "ten), for a worker that never starts them: a stuck queue")
+        parser.add_argument(
+            "--scenario", action="append", default=[], metavar="NAME[,NAME]",
+            help="produce an incident at the start of the run (repeatable, or a comma "
+                 "list); with --max-tasks 0 nothing else is sent. "
+                 + "; ".join(f"{name}: {s.what} -> {s.alert}" for name, s in SCENARIOS.items()))
 
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
@@ -34,7 +39,8 @@ class Command(BaseCommand):
                                   max_tasks=opts["max_tasks"], seed=opts["seed"],
                                   mix=opts["mix"], slow_seconds=opts["slow_seconds"],
                                   max_countdown=opts["max_countdown"],
-                                  stuck_queue=opts["stuck_queue"])
+                                  stuck_queue=opts["stuck_queue"],
+                                  scenarios=parse_scenarios(opts["scenario"]))
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         generator = LoadGenerator(app, options)
