@@ -54,7 +54,7 @@ DEMO_CONFIG: dict[str, object] = {
     # Incident alerts, for `--scenario` (proj/tasks/loadgen.py SCENARIOS): a slow report runs
     # seconds in the demo, so 20 s is "stuck"; the ghost alert keeps its defaults.
     "running_too_long_for": "15s", "interrupted_for": "10s", "oldest_waiting_seconds": 20,
-    "oldest_waiting_for": "15s",
+    "oldest_waiting_for": "15s", "periodic_overdue_for": "10s",
     "tasks": {**DEFAULT_TASKS, "tasks.slow_report": {"max_runtime_seconds": 20}},
 }
 STUCK_QUEUE = "stuck"
@@ -63,6 +63,10 @@ SUMMARY_SECONDS = 5.0
 # `--scenario` names and the queues they use, as proj/tasks/loadgen.py (SCENARIOS,
 # CRASH_QUEUE, UNCONSUMED_QUEUE) has them; the stack cannot import the Django project.
 SCENARIOS = ("long", "interrupted", "waiting")
+# Scenarios the stack itself produces: `missed` leaves beat down (its entries go overdue).
+STACK_SCENARIOS = ("missed",)
+# The demo exporter's --beat-grace: beat here is local and on time.
+BEAT_GRACE_SECONDS = 30
 CRASH_QUEUE = "fragile"
 UNCONSUMED_QUEUE = "unconsumed"
 
@@ -282,7 +286,13 @@ class Stack:
                     "-c", "1", "-l", "warning", "--without-gossip", "--without-mingle"]
             self._spawn("worker4", argv, env, cwd=PROJ)
             self.restartable["worker4"] = (argv, env, PROJ)
-        self.start_beat()
+        if "missed" in self.options.scenarios:
+            # Beat is down (a crash loop, a deploy that dropped it): nothing sends the
+            # schedule, and each entry goes overdue one interval + grace after the exporter
+            # first read it.
+            print("scenario missed: beat is not started", flush=True)
+        else:
+            self.start_beat()
 
     def start_beat(self) -> None:
         # The project's CELERY_BEAT_SCHEDULE; the schedule file (last runs) lives in the
@@ -314,8 +324,9 @@ class Stack:
             argv += ["--seed", str(self.options.load_seed)]
         if self.options.stuck_queue:
             argv += ["--stuck-queue", STUCK_QUEUE]
-        if self.options.scenarios:
-            argv += ["--scenario", ",".join(self.options.scenarios)]
+        load_scenarios = [n for n in self.options.scenarios if n in SCENARIOS]
+        if load_scenarios:
+            argv += ["--scenario", ",".join(load_scenarios)]
         self._spawn("load", argv, self.django_env(), cwd=PROJ)
 
     def _exporter(self, name: str, port: int, *extra: str) -> str:
@@ -331,7 +342,7 @@ class Stack:
             "--host", "127.0.0.1", "--port", str(port), "--probe-interval", "5",
             "--inspect-interval", "10", *(a for q in queues for a in ("--queue", q)),
             # The demo's beat schedule: per-entry last/next run and overdue.
-            "--beat-schedule", "proj.settings",
+            "--beat-schedule", "proj.settings", "--beat-grace", str(BEAT_GRACE_SECONDS),
             # Prometheus and the demo's own summary line (every 5 s) both scrape: each must
             # see a new series at 0, or its first increment (the first interrupted task, a
             # queue's first start) is invisible to increase() in Prometheus.
@@ -548,9 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run an exporter with --worker-label host, as job 'celery-host'")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME[,NAME]",
                    help=f"incidents the load produces at its start (repeatable, or a comma "
-                        f"list): {', '.join(SCENARIOS)}; 'interrupted' adds worker w4 on "
-                        f"queue '{CRASH_QUEUE}', which the crash kills and the demo "
-                        f"restarts. See docs/demo.md 'Incident scenarios'")
+                        f"list): {', '.join(SCENARIOS + STACK_SCENARIOS)}; 'interrupted' "
+                        f"adds worker w4 on queue '{CRASH_QUEUE}', which the crash kills and "
+                        f"the demo restarts; 'missed' runs no beat. See docs/demo.md "
+                        f"'Incident scenarios'")
     return p
 
 
@@ -560,10 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--duration must be >= 0 and --rate > 0")
     scenarios = tuple(dict.fromkeys(n.strip() for v in args.scenario for n in v.split(",")
                                     if n.strip()))
-    unknown = [n for n in scenarios if n not in SCENARIOS]
+    unknown = [n for n in scenarios if n not in SCENARIOS + STACK_SCENARIOS]
     if unknown:
         build_parser().error(f"unknown --scenario {', '.join(unknown)} "
-                             f"(choose from {', '.join(SCENARIOS)})")
+                             f"(choose from {', '.join(SCENARIOS + STACK_SCENARIOS)})")
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     options = StackOptions(workdir=args.workdir, broker=args.broker, rate=args.rate,

@@ -5,7 +5,8 @@ One demo stack (real Redis, workers, exporter, Prometheus with the rules generat
 the demo's config, Alertmanager) runs every scenario at once: they use different queues
 and workers, so they do not disturb each other. `long` runs a report for minutes on the
 `reports` worker; `interrupted` sends the demo-only crash task that SIGKILLs its worker
-(w4, restarted by the stack); `waiting` publishes to a queue no worker consumes. The ghost
+(w4, restarted by the stack); `waiting` publishes to a queue no worker consumes; `missed`
+runs the stack without beat, so the schedule's entries go overdue. The ghost
 worker has no scenario: see docs/demo.md, "Incident scenarios".
 """
 
@@ -29,6 +30,9 @@ EXPECTED: dict[str, tuple[str, dict[str, str]]] = {
                     {"name": "tasks.crash_worker", "queue": CRASH_QUEUE,
                      "worker": f"w4@{socket.gethostname()}"}),
     "waiting": ("CeleryQueueOldestWaitingHigh", {"queue": UNCONSUMED_QUEUE}),
+    # no beat: the 30 s entry is due 30 s after the exporter first read the schedule
+    "missed": ("CeleryPeriodicTaskOverdue",
+               {"entry": "resend-welcome-emails", "name": "tasks.resend_welcome_emails"}),
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.prometheus]
