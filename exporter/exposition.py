@@ -7,7 +7,10 @@ string per series rather than per line. Those strings are kept between scrapes (
 of a series never change), for up to _CACHE_KEYS series per family, a few hundred bytes
 each: ~5 MiB at the very most. Both formats share them: a sample line reads the same in both,
 OpenMetrics adds a `_created` line per series, exemplars on histogram buckets (the task
-behind the latest observation in each bucket), other HELP/TYPE names and `# EOF`.
+behind the latest observation in each bucket), other HELP/TYPE names and `# EOF`; its
+`_created` lines and exemplar texts are kept between scrapes too (a series' creation time
+and a bucket's latest task rarely change between two scrapes), which brings an OpenMetrics
+render from ~1.55x to ~1.25x the text one.
 
 Every other family (workers, queues, the exporter's own) is small and goes through
 prometheus_client's renderers, one family at a time.
@@ -24,6 +27,11 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.utils import floatToGoString
 
 _CACHE_KEYS = 2048
+# Keys of a family's cache that are not label keys: OpenMetrics' `_created` lines (label key
+# -> (created, line)) and exemplar texts (the state's mark tuple -> text). A series' creation
+# time and a bucket's latest exemplar change far less often than scrapes come.
+_CREATED = object()
+_MARKS = object()
 
 Renderer = Callable[[object], bytes]
 
@@ -86,18 +94,27 @@ class _Lazy:
             return self._since
         return times.get(key, self._since)
 
-    def _created_text(self, go: dict[float, str]) -> Callable[[tuple[str, ...]], str]:
-        if self._created is None:  # one start for every series: format it once
-            text = floatToGoString(self._since)
-            return lambda _key: text
+    def _created_lines(self, cache: dict, data: dict, name: str, cut: int,
+                       go: dict[float, str]) -> Callable[[tuple[str, ...], str], str]:
+        """The `_created` line of a series, from the sample prefix it shares labels with."""
+        lines = cache.get(_CREATED)
+        if lines is None or len(lines) > 2 * len(data) + 64:
+            lines = cache[_CREATED] = {}
+        times, since = self._created, self._since
 
-        def text_of(key: tuple[str, ...]) -> str:
-            when = self.created(key)
+        def line_of(key: tuple[str, ...], prefix: str) -> str:
+            when = since if times is None else times.get(key, since)
+            got = lines.get(key)
+            if got is not None and got[0] == when:
+                return got[1]
             text = go.get(when)
             if text is None:
                 text = go[when] = floatToGoString(when)
-            return text
-        return text_of
+            line = f"{name}{prefix[cut:]}{text}\n"
+            if len(lines) < _CACHE_KEYS:
+                lines[key] = (when, line)
+            return line
+        return line_of
 
 
 class TaskCounter(_Lazy, CounterMetricFamily):
@@ -137,13 +154,13 @@ class TaskCounter(_Lazy, CounterMetricFamily):
             out.append(_generic(self, openmetrics))
             return
         sample = self.name + "_total"
+        cut = len(sample)
         if openmetrics:
             out.append(_om_help_line(self.name, self.documentation, "counter"))
-            created_name = self.name + "_created"
-            created_text = self._created_text(go)
+            created_line = self._created_lines(self._cache, data, self.name + "_created", cut,
+                                               go)
         else:
             out.append(_help_line(sample, self.documentation, "counter"))
-        cut = len(sample)
         names = self._labelnames
         order = sorted(range(len(names)), key=names.__getitem__)
         heads = [f'{names[i]}="' for i in order]
@@ -167,7 +184,7 @@ class TaskCounter(_Lazy, CounterMetricFamily):
             if text is None:
                 text = go[value] = floatToGoString(value)
             if openmetrics:
-                append(f"{prefix}{text}\n{created_name}{prefix[cut:]}{created_text(key)}\n")
+                append(f"{prefix}{text}\n{created_line(key, prefix)}")
             else:
                 append(f"{prefix}{text}\n")
 
@@ -210,13 +227,15 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
             out.append(_generic(self, openmetrics))
             return
         name = self.name
+        cut = len(name) + len("_count")
         if openmetrics:
             out.append(_om_help_line(name, self.documentation, "histogram"))
-            created_name = name + "_created"
-            created_text = self._created_text(go)
+            created_line = self._created_lines(self._cache, data, name + "_created", cut, go)
+            marks_text = self._cache.get(_MARKS)
+            if marks_text is None or len(marks_text) > (len(self._les) + 1) * len(data) + 256:
+                marks_text = self._cache[_MARKS] = {}
         else:
             out.append(_help_line(name, self.documentation, "histogram"))
-        cut = len(name) + len("_count")
         names = self._labelnames
         order = sorted(range(len(names)), key=names.__getitem__)
         before = [i for i in order if names[i] < "le"]
@@ -263,16 +282,20 @@ class TaskHistogram(_Lazy, HistogramMetricFamily):
                     if mark is None:
                         append(f"{head}{le}{tail}{text}\n")
                     else:  # the task behind the latest observation in this bucket
-                        task_id, value, when = mark
-                        append(f'{head}{le}{tail}{text} # {{task_id="{_escape(task_id)}"}} '
-                               f"{floatToGoString(value)} {when}\n")
+                        suffix = marks_text.get(mark)
+                        if suffix is None:
+                            task_id, value, when = mark
+                            suffix = marks_text[mark] = (
+                                f' # {{task_id="{_escape(task_id)}"}} '
+                                f"{floatToGoString(value)} {when}\n")
+                        append(f"{head}{le}{tail}{text}{suffix}")
             total = cell[-1]
             text = go.get(total)
             if text is None:
                 text = floatToGoString(total)
             append(f"{count_prefix}{go[running]}\n{sum_prefix}{text}\n")
             if openmetrics:
-                append(f"{created_name}{count_prefix[cut:]}{created_text(key)}\n")
+                append(created_line(key, count_prefix))
 
 
 def _trim(cache: dict, data: dict) -> dict:

@@ -12,6 +12,7 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar, Sample
 
+from celery_events_exporter import metrics as m
 from celery_events_exporter.exposition import (
     TaskCounter,
     TaskHistogram,
@@ -26,7 +27,7 @@ from celery_events_exporter.probes import ProbeResults
 from celery_events_exporter.state import State
 from tests.support.servers import free_port
 from tests.test_collector import registry_for, scenario
-from tests.test_state import T0, feed, lifecycle
+from tests.test_state import T0, W1, feed, lifecycle
 
 PROMETHEUS_2_42 = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
                    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
@@ -303,3 +304,22 @@ def test_new_series_are_zero_in_the_first_openmetrics_scrape_then_their_value() 
             if s.name.endswith("_total")]
     assert sent == [("celery_task_sent_total", 1.0)]
     assert any(s.exemplar for s in second["celery_task_runtime_seconds"].samples)
+
+
+def test_warm_openmetrics_caches_follow_the_state_between_scrapes() -> None:
+    """`_created` lines and exemplar texts are kept between scrapes: a bucket's newer task
+    and a series created again (its worker forgotten, then back) must show, not the cache."""
+    state = State()
+    feed(state, lifecycle("first", T0))
+    registry = scraped(registry_for(Pipeline(state), ProbeResults()))
+    before = generate_openmetrics(registry).decode()
+    assert 'task_id="first"' in before
+    feed(state, lifecycle("second", T0 + 5))  # the same bucket: replaces "first"
+    received = state.counters[m.TASK_RECEIVED.key]
+    received.forget_worker(W1, m.TASK_RECEIVED.labels.index("worker"))
+    feed(state, lifecycle("third", T0 + 50))  # the worker's series again, created later
+    generate_text(registry)  # the re-created series' zero-first scrape
+    ours = generate_openmetrics(registry).decode()
+    assert ours == om.generate_latest(_Reference(registry)).decode()
+    assert 'task_id="first"' not in ours and 'task_id="third"' in ours
+    assert ours != before

@@ -7,6 +7,7 @@ the consumer waits for messages to gather (the wait itself still happens).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ class RecordingPipeline(Pipeline):
     def __init__(self) -> None:
         super().__init__(State())
         self.log: list[tuple[str, int]] = []  # ("batch", payload bytes) / ("gather", 0)
+        self.consumer: RedisConsumer | None = None
 
     def envelopes(self, raws, now: float) -> None:  # type: ignore[override]
         self.log.append(("batch", sum(len(r) for r in raws)))
@@ -58,6 +60,7 @@ def consumer(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[redis.Redis, Rec
     with redis_server() as srv:
         consumer = RedisConsumer(Config(broker_url=srv.url, ingest="redis"), pipeline)
         consumer.start()
+        pipeline.consumer = consumer
         client = redis.Redis(port=srv.port)
         try:
             deadline = time.monotonic() + DEADLINE
@@ -88,17 +91,19 @@ def test_paced_messages_are_read_many_at_a_time(consumer) -> None:
     wait_for(pipeline, 300)
     log = pipeline.log
     batches = pipeline.batches()
-    # Each wait gathers 20-65 KB here: more than a read without a wait needs to count as
-    # large, less than one after a wait needs. So every read is followed by another wait.
+    # Each wait gathers up to ~300 KB here: more than a read without a wait needs to count
+    # as large, less than one after a wait needs. So every read is followed by another wait.
     alone = [i for i, (kind, _) in enumerate(log[:-1])
              if kind == "batch" and log[i + 1][0] != "gather"]
     assert not alone, (alone, log)
-    # ~0.3-0.6 s of traffic in waits of 50 ms: about ten reads (the machine may be slow).
+    # ~0.3-0.6 s of traffic in waits of 250 ms: a few reads (the machine may be slow).
     assert len(batches) <= 60, batches
 
 
 def test_a_flood_is_never_held_and_nothing_is_lost(consumer) -> None:
     client, pipeline = consumer
+    consumer = pipeline.consumer
+    assert consumer is not None
     payloads = [heartbeat(i, pad=900) for i in range(20_000)]  # ~25 MB at ~20k/s
     for start in range(0, len(payloads), 100):
         publish(client, payloads[start:start + 100])
@@ -111,7 +116,7 @@ def test_a_flood_is_never_held_and_nothing_is_lost(consumer) -> None:
 
     def limit(i: int) -> int:  # a read after a wait holds the wait's traffic
         waited = i > 0 and log[i - 1][0] == "gather"
-        return redis_ingest.GATHER_BELOW_AFTER_WAIT if waited else redis_ingest.GATHER_BELOW
+        return consumer.after_wait_limit if waited else redis_ingest.GATHER_BELOW
 
     # a batch may end with a message begun in the read before: one message of slack
     large = [i for i, (kind, size) in enumerate(log)
@@ -119,3 +124,22 @@ def test_a_flood_is_never_held_and_nothing_is_lost(consumer) -> None:
     assert large, "the flood never filled a read: nothing was tested"
     held = [i for i in large if i + 1 < len(log) and log[i + 1][0] == "gather"]
     assert not held, f"{len(held)} of {len(large)} large reads were followed by a wait"
+
+
+@pytest.mark.parametrize("requested", [16 << 10, 256 << 10, 8 << 20])
+def test_a_read_after_a_wait_counts_as_large_below_what_the_socket_can_hold(
+        requested: int) -> None:
+    """Hosts cap receive buffers (net.core.rmem_max): with a small one, waiting until a
+    read after a wait reaches the fixed limit would let Redis' output buffer for us grow."""
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, requested)
+        held = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        limit = redis_ingest._after_wait_limit(a)
+        assert redis_ingest.GATHER_BELOW <= limit <= redis_ingest.GATHER_BELOW_AFTER_WAIT
+        assert limit <= max(redis_ingest.GATHER_BELOW, held // 4)
+        if held // 4 >= redis_ingest.GATHER_BELOW_AFTER_WAIT:  # room: the full limit
+            assert limit == redis_ingest.GATHER_BELOW_AFTER_WAIT
+    finally:
+        a.close()
+        b.close()

@@ -7,12 +7,13 @@ what keeps events from being lost.
 
 At everyday rates (a few hundred to a few thousand events per second, one per message)
 each read would carry one message, and the wake-up around it (recv, the lock, a clock
-read) costs several times the event itself. So after a small read the loop sleeps
-GATHER_SECONDS and lets the next messages gather in the socket: the following read takes
-them all at once. After a large read it never waits, so a flood is drained flat out; the
-kernel's receive buffer (and past it Redis' output buffer for us) holds at most
-GATHER_SECONDS of traffic at a rate whose reads stay small (~6k events/s), far below Redis'
-pub/sub limits.
+read, and a cache gone cold since the last one) costs several times the event itself. So
+after a small read the loop sleeps GATHER_SECONDS and lets the next messages gather in the
+socket: the following read takes them all at once. After a large read it never waits, so
+a flood is drained flat out. "Large" after a wait is at most a quarter of the socket's
+receive buffer as the kernel reports it (which counts its bookkeeping too: about half of it
+holds data): a smaller read proves the buffer was far from full, so Redis was holding
+nothing back for us, and waiting again cannot let its output buffer for us grow.
 """
 
 from __future__ import annotations
@@ -34,17 +35,29 @@ IDLE_TIMEOUT = 1.0
 PING_AFTER = 15.0
 PING_GRACE = 10.0
 # Events reach the state at most this much later: invisible to a scrape every few seconds.
-GATHER_SECONDS = 0.05
+# At 500 events/s, 50 ms cost ~31 µs/event and 250 ms ~23 (benchmarks/paced.py).
+GATHER_SECONDS = 0.25
 # A read this large (~20 messages) amortises its wake-up by itself: no wait after it, so a
 # flood, whose reads carry 60 KB and more at the publisher's pace, never waits.
 GATHER_BELOW = 16 << 10
-# After a wait, the read holds GATHER_SECONDS of traffic: it stays "small" up to what 50 ms
-# of ~6k events/s bring, so paced traffic keeps one wake-up per wait.
-GATHER_BELOW_AFTER_WAIT = 256 << 10
+# After a wait, the read holds GATHER_SECONDS of traffic: it stays "small" up to what 250 ms
+# of ~3.5k events/s bring, if the receive buffer allows (see `_after_wait_limit`).
+GATHER_BELOW_AFTER_WAIT = 768 << 10
 
 
 def _gather() -> None:
     time.sleep(GATHER_SECONDS)
+
+
+def _after_wait_limit(sock: socket.socket) -> int:
+    """What counts as a large read after a wait on this socket: at most a quarter of the
+    receive buffer the kernel reports (net.core.rmem_max caps our request for 8 MiB: on
+    hosts where it is 208 KiB, this is 104 KiB)."""
+    try:
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError:
+        return GATHER_BELOW
+    return max(GATHER_BELOW, min(GATHER_BELOW_AFTER_WAIT, size // 4))
 
 
 def _command(*args: str | bytes) -> bytes:
@@ -63,6 +76,7 @@ class RedisConsumer(Consumer):
         self.target: RedisTarget = parse(config.broker_url, config.transport_options)
         self.command, self.channel = self.target.event_subscription(config.events_exchange)
         self._sock: socket.socket | None = None
+        self.after_wait_limit = GATHER_BELOW_AFTER_WAIT
 
     def _connect(self) -> socket.socket:
         t = self.target
@@ -82,6 +96,7 @@ class RedisConsumer(Consumer):
         # Ask for a large receive buffer: bursts wait in the kernel, not in Redis.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.after_wait_limit = _after_wait_limit(sock)
         reader = hiredis.Reader()
         if t.password is not None:
             args = ("AUTH", t.username, t.password) if t.username else ("AUTH", t.password)
@@ -135,6 +150,7 @@ class RedisConsumer(Consumer):
         last_data = time.monotonic()
         ping_sent = 0.0
         pattern = self.command == "PSUBSCRIBE"
+        after_wait = self.after_wait_limit
         while not stopping.is_set():
             try:
                 size = recv_into(buf)
@@ -172,7 +188,7 @@ class RedisConsumer(Consumer):
             ping_sent = 0.0
             if batch:
                 envelopes(batch, clock())
-            waited = size < (GATHER_BELOW_AFTER_WAIT if waited else GATHER_BELOW)
+            waited = size < (after_wait if waited else GATHER_BELOW)
             if waited:
                 gather()
 
