@@ -120,7 +120,12 @@ def _ghost(p: _P, inc: IncidentConfig) -> str:
             # > 0: with grouped worker labels (host, regex) up counts the group's live nodes.
             f"{p.g(m.WORKER_UP)} > 0\n"
             f"and {on_worker}\n"
-            f"{backlog}\n")
+            f"{backlog}\n"
+            # A worker whose pool runs tasks (long ones holding every slot, with the backlog
+            # behind them) receives nothing either: busy, not a ghost. CeleryTaskRunningTooLong
+            # and CeleryQueueStuck speak for it.
+            f"unless {on_worker}\n"
+            f"{p.g(m.WORKER_TASKS_ACTIVE)} > 0\n")
 
 
 def _overdue(p: _P, inc: IncidentConfig) -> str:
