@@ -2,7 +2,9 @@
 """Memory with tasks that never finish: the in-flight table must stay at its cap.
 
 Publishes -n tasks that get task-sent and task-started but no terminal event (as when a
-worker is killed, or terminal events are lost), into our exporter with --max-tasks CAP.
+worker is killed, or terminal events are lost), into our exporter with --max-tasks CAP;
+`--events sent` publishes task-sent alone instead: a million messages waiting in queues
+that no worker receives (the incidents' oldest-waiting structure must stay bounded too).
 Samples the exporter's RSS while it ingests; checks celery_exporter_tasks_tracked never
 passes the cap and that evictions account for the rest.
 
@@ -26,15 +28,17 @@ PUBLISH = str(REPO / "benchmarks" / "publish.py")
 
 
 def run(n: int = 1_000_000, cap: int = 100_000, log: str = os.devnull,
-        limit: float = 900.0) -> dict:
-    res: dict = {"part": "unfinished", "n": n, "max_tasks": cap, "load_before": load()}
+        limit: float = 900.0, events: str = "sent,started") -> dict:
+    res: dict = {"part": "unfinished", "n": n, "max_tasks": cap, "events": events,
+                 "load_before": load()}
+    last_type = "task-" + events.split(",")[-1]
     with redis_server("--client-output-buffer-limit", "pubsub 0 0 0") as srv, \
             started(srv.url, "--max-tasks", str(cap), log=log) as exp:
         exp.wait_ready()
         rss0 = (exp.stats() or {}).get("VmRSS", 0)
         pub = subprocess.Popen(
             [sys.executable, PUBLISH, "--broker", srv.url, "--via", "raw", "-n", str(n),
-             "--events", "sent,started", "--max-seconds", str(limit)],
+             "--events", events, "--max-seconds", str(limit)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
         max_rss, max_tracked, rss_at_cap = 0.0, 0.0, None
@@ -45,7 +49,7 @@ def run(n: int = 1_000_000, cap: int = 100_000, log: str = os.devnull,
                 text, _ = scrape(exp.url)
                 tracked = sum_metric(text, "celery_exporter_tasks_tracked")
                 started_count = sum_metric(text, "celery_exporter_events_total",
-                                           type="task-started")
+                                           type=last_type)
                 st = exp.stats() or {}
                 max_rss = max(max_rss, st.get("VmRSS", 0))
                 max_tracked = max(max_tracked, tracked)
@@ -87,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=1_000_000)
     p.add_argument("--max-tasks", type=int, default=100_000, help="the exporter's cap")
     p.add_argument("--log", default=os.devnull)
+    p.add_argument("--events", default="sent,started", choices=("sent,started", "sent"),
+                   help="the events each task gets")
     a = p.parse_args(argv)
-    print(json.dumps(run(a.n, a.max_tasks, a.log)))
+    print(json.dumps(run(a.n, a.max_tasks, a.log, events=a.events)))
     return 0
 
 
