@@ -1,6 +1,7 @@
 """Run the demo stack for a while and draw every dashboard from its real Prometheus data.
 
-    python -m scripts.render_dashboards [--seconds 300] [--out docs/img]
+    python -m scripts.render_dashboards [--seconds 300] [--out docs/img] \
+        [--scenario long,interrupted,waiting,missed]
 
 The pictures in the README are made this way (Grafana itself cannot run on our machines).
 """
@@ -21,16 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=300, help="how long the load runs first")
     p.add_argument("--rate", type=float, default=10)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    p.add_argument("--scenario", default="",
+                   help="demo incidents to show on the incident panels (scripts/demo --scenario)")
     args = p.parse_args(argv)
+    scenarios = tuple(n.strip() for n in args.scenario.split(",") if n.strip())
     with temporary_stack(rate=args.rate, load_seed=3, scrape_interval="5s",
-                         alertmanager=False) as stack:
+                         alertmanager=False, scenarios=scenarios) as stack:
         started = time.time()
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
+            stack.restart_exited()  # the `interrupted` scenario's crashed worker
             dead = stack.dead()
             if dead:
                 raise SystemExit(f"{dead} exited during the run")
-            time.sleep(min(10, max(0.1, deadline - time.monotonic())))
+            time.sleep(min(2, max(0.1, deadline - time.monotonic())))
         end = time.time()
         for path in sorted((ROOT / "dashboards" / "json").glob("*.json")):
             dashboard = json.loads(path.read_text())
