@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
 TARGET = 85.0
 
-STATE_TESTS = ["tests/test_state.py", "tests/test_state_mutants.py"]
+STATE_TESTS = ["tests/test_state.py", "tests/test_state_mutants.py", "tests/test_state_rooms.py"]
 RENDERING = ["tests/test_ingest_equivalence.py::test_fast_text_rendering_is_byte_identical",
              "tests/test_ingest_equivalence.py::test_rendering_while_ingesting_gives_whole_lines"]
 # Module (or glob) -> the unit tests that exercise it. Only fast, in-process tests: mutmut

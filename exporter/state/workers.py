@@ -35,7 +35,7 @@ class Worker:
         self.pool: int | None = None
         self.prefetch_limit: int | None = None
         self.queues: frozenset[str] = frozenset()
-        self.task_events = 0
+        self.task_events = False  # a task event arrived since the last full heartbeat
         self.last_processed: int | None = None
         self.silent_beats = 0
         self.events_missing = False
