@@ -15,7 +15,7 @@ from celery_events_exporter import metrics as m
 from celery_events_exporter.labels import Labeler, LabelPolicy
 from celery_events_exporter.state import State
 from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS, Clocks
-from tests.test_state import T0, ev, hist
+from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online, settle
 
 # -- clocks -------------------------------------------------------------------------------
 
@@ -130,3 +130,197 @@ def test_at_the_cap_known_hosts_still_take_their_lower_estimate() -> None:
     delays(c, "celery@b", 4.0)
     delays(c, "celery@y", 6.0)
     assert c.estimates() == {"b": 1.0, "y": 6.0}
+
+
+# -- handlers: the batch loop -------------------------------------------------------------
+
+
+def test_event_types_are_counted_per_event() -> None:
+    s = State()
+    s.ingest([ev("worker-heartbeat", T0), ev("worker-heartbeat", T0), ev("x-custom", T0)], T0)
+    assert s.event_types == {"worker-heartbeat": 2, "x-custom": 1}
+
+
+def test_an_unhashable_type_is_a_missing_type_and_the_batch_goes_on() -> None:
+    s = State()
+    s.ingest([{"type": ["task-sent"], "timestamp": T0}, ev("worker-heartbeat", T0)], T0)
+    assert s.invalid["missing_type"] == 1
+    assert s.event_types == {"worker-heartbeat": 1}
+
+
+def test_event_type_labels_are_kept_up_to_64_characters() -> None:
+    s = State()
+    s.ingest([ev("x" * 64, T0), ev("y" * 65, T0)], T0)
+    assert s.event_types == {"x" * 64: 1, "other": 1}
+
+
+def test_an_unhandled_or_out_of_range_event_does_not_end_the_batch() -> None:
+    s = State()
+    s.ingest([ev("x-custom", T0), ev("worker-heartbeat", T0 + 1e6),
+              ev("worker-heartbeat", T0 - 2.0)], T0)
+    assert s.invalid["timestamp_out_of_range"] == 1
+    assert s.clocks.estimates() == {"w1": 2.0}
+
+
+def test_integer_timestamps_are_handled_like_floats() -> None:
+    s = State()
+    s.ingest([ev("worker-heartbeat", int(T0) - 3)], T0)
+    assert s.clocks.estimates() == {"w1": 3.0}
+    assert s.lag == 3.0
+    assert not any(s.invalid.values())
+
+
+@pytest.mark.parametrize("ts", [0.0, 0.5, T0 + 86_400.0])
+def test_timestamps_from_the_epoch_to_a_day_ahead_are_in_range(ts: float) -> None:
+    """A host that booted in 1970 (timestamp 0 and up) and one a full day ahead still count;
+    offsets correct their clocks."""
+    s = State()
+    s.ingest([ev("worker-heartbeat", ts)], T0)
+    assert W1 in s.workers
+    assert not any(s.invalid.values())
+
+
+def test_last_event_and_lag_come_from_the_last_batch() -> None:
+    s = State()
+    assert (s.last_event, s.lag) == (0.0, 0.0), "nothing received yet"
+    s.ingest([ev("worker-heartbeat", T0 - 5.0), ev("worker-heartbeat", T0 - 2.0)], T0)
+    assert (s.last_event, s.lag) == (T0, 2.0)
+    # A batch whose last event is rejected leaves the lag as it was.
+    s.ingest([ev("worker-heartbeat", T0 + 8.0), ev("worker-heartbeat", "soon")], T0 + 10)
+    assert (s.last_event, s.lag) == (T0 + 10, 2.0)
+    assert s.invalid["bad_timestamp"] == 1
+
+
+def test_invalid_events_add_up() -> None:
+    s = State()
+    s.ingest([ev("worker-heartbeat", "x"), ev("worker-heartbeat", None)], T0)
+    s.invalid_event("bad_field", 3)
+    s.invalid_event("bad_field")
+    assert (s.invalid["bad_timestamp"], s.invalid["bad_field"]) == (2, 4)
+
+
+# -- handlers: task events ----------------------------------------------------------------
+
+
+def beat(s: State, t: float, processed: int, worker: str = W1) -> None:
+    s.ingest([ev("worker-heartbeat", t, hostname=worker, freq=2.0, active=0,
+                 processed=processed)], t)
+
+
+TASK_EVENTS = {
+    "task-received": {"name": "app.add", "retries": 0, "eta": None},
+    "task-started": {},
+    "task-succeeded": {"runtime": 0.1},
+    "task-failed": {"exception": "ValueError()"},
+    "task-retried": {},
+    "task-rejected": {},
+    "task-revoked": {},
+    "task-cancelled": {},
+    "duplicate task-started": {},
+}
+
+
+@pytest.mark.parametrize("kind", list(TASK_EVENTS))
+def test_any_task_event_shows_the_workers_task_events_are_on(kind: str) -> None:
+    """Processed counts rise between heartbeats while only this kind of event arrives: the
+    events are on (no CeleryTaskEventsMissing); each event refreshes the worker's last seen."""
+    s = State()
+    online(s, W1, T0)
+    for i in range(1, 4):
+        feed(s, lifecycle(f"d{i}", T0))  # for the duplicate task-started: finished tasks
+    beat(s, T0 + 1, processed=3)
+    for i in range(1, 4):
+        t = T0 + 2 * i
+        event = ev(kind.split()[-1], t, uuid=f"d{i}", **TASK_EVENTS[kind])
+        s.ingest([event], t + 0.5)
+        assert s.workers[W1].last_seen == t + 0.5
+        beat(s, t + 1, processed=3 + i)
+    assert not s.workers[W1].events_missing
+    assert not s.task_events_missing
+
+
+def exemplar_ids(s: State, metric: m.Metric, *key: str) -> set[str]:
+    return {e[0] for e in s.histograms[metric.key].exemplars[key] if e is not None}
+
+
+def test_exemplars_name_the_task_observed() -> None:
+    s = State()
+    feed(s, lifecycle("ok", T0))
+    feed(s, lifecycle("bad", T0, name="app.fail", outcome="task-failed"))
+    # Started before its task-sent arrives: the queue wait is observed at task-sent.
+    sent, received, started, done = lifecycle("late", T0, name="app.late")
+    feed(s, [received, started, sent, done])
+    for name, uuid in (("app.add", "ok"), ("app.fail", "bad"), ("app.late", "late")):
+        for metric in (m.QUEUE_WAIT, m.PREFETCH_WAIT, m.RUNTIME):
+            assert exemplar_ids(s, metric, name, "default") == {uuid}, (metric.key, name)
+
+
+def test_a_prefetch_wait_of_zero_is_not_clamped_and_clamps_add_up() -> None:
+    s = State()
+    feed(s, [ev("task-sent", T0, uuid="z", name="n", queue="q", retries=0, eta=None),
+             ev("task-received", T0, uuid="z", name="n", retries=0, eta=None),
+             ev("task-started", T0, uuid="z")])
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (1, 0.0)
+    assert s.clamped == {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
+    for uuid in ("a", "b"):
+        feed(s, [ev("task-sent", T0, uuid=uuid, name="n", queue="q", retries=0, eta=None),
+                 ev("task-received", T0 + 2, uuid=uuid, name="n", retries=0, eta=None),
+                 ev("task-started", T0 + 1, uuid=uuid)])
+    assert s.clamped[m.PREFETCH_WAIT.key] == 2
+
+
+def test_a_wait_of_exactly_the_longest_runtime_is_observed() -> None:
+    from celery_events_exporter.state.handlers import MAX_RUNTIME
+    s = State()
+    feed(s, [ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None),
+             ev("task-received", T0 - MAX_RUNTIME, uuid="a", name="n", retries=0, eta=None)])
+    s.ingest([ev("task-started", T0, uuid="a")], T0)
+    assert hist(s, m.PREFETCH_WAIT, "n", "q") == (1, MAX_RUNTIME)
+    assert not any(s.invalid.values())
+
+
+def late_sent_wait(s: State, uuid: str, started: float, sent: float) -> None:
+    """task-started, then its task-sent; both hosts' clocks are ours, no transit delay."""
+    s.ingest([ev("task-started", started, uuid=uuid)], started)
+    s.ingest([ev("task-sent", sent, uuid=uuid, name="n", queue="q", retries=0, eta=None)], sent)
+
+
+def test_queue_waits_known_at_a_late_task_sent_clamp_only_below_zero() -> None:
+    s = State()
+    late_sent_wait(s, "zero", T0, T0)
+    late_sent_wait(s, "half", T0 + 10.5, T0 + 10)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (2, 0.5)
+    assert s.clamped[m.QUEUE_WAIT.key] == 0
+    late_sent_wait(s, "neg1", T0 + 20, T0 + 21)
+    late_sent_wait(s, "neg2", T0 + 30, T0 + 31)
+    assert s.clamped[m.QUEUE_WAIT.key] == 2
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (4, 0.5)
+
+
+def test_a_repeated_task_sent_after_the_late_wait_observes_nothing_more() -> None:
+    s = State()
+    late_sent_wait(s, "a", T0 + 1, T0)
+    s.ingest([ev("task-sent", T0, uuid="a", name="n", queue="q", retries=0, eta=None)], T0)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, 1.0)
+    assert not any(s.invalid.values())
+
+
+@pytest.mark.parametrize(("runtime", "observed"), [
+    (2, 2.0), (0, 0.0), (366 * 86_400, 366 * 86_400.0), (0.0, 0.0)])
+def test_runtimes_from_zero_to_a_year_are_observed_ints_as_floats(runtime: object,
+                                                                  observed: float) -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:3])
+    s.ingest([ev("task-succeeded", T0 + 1, uuid="a", runtime=runtime)], T0 + 1)
+    count, total = hist(s, m.RUNTIME, "app.add", "default")
+    assert (count, total, type(total)) == (1, observed, float)
+    assert not any(s.invalid.values())
+
+
+def test_a_success_without_runtime_is_timed_from_its_start() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:3])  # started at T0 + 0.3
+    s.ingest([ev("task-succeeded", T0 + 2.3, uuid="a")], T0 + 2.3)
+    assert hist(s, m.RUNTIME, "app.add", "default") == (1, pytest.approx(2.0))
+    s.ingest([ev("task-succeeded", T0 + 3, uuid="never-started")], T0 + 3)
+    assert hist(s, m.RUNTIME, "app.add", "default") == (1, pytest.approx(2.0))
