@@ -13,9 +13,9 @@ import pytest
 
 from celery_events_exporter import metrics as m
 from celery_events_exporter.labels import Labeler, LabelPolicy
-from celery_events_exporter.state import State
+from celery_events_exporter.state import State, StateConfig
 from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS, Clocks
-from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online, settle
+from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online
 
 # -- clocks -------------------------------------------------------------------------------
 
@@ -324,3 +324,155 @@ def test_a_success_without_runtime_is_timed_from_its_start() -> None:
     assert hist(s, m.RUNTIME, "app.add", "default") == (1, pytest.approx(2.0))
     s.ingest([ev("task-succeeded", T0 + 3, uuid="never-started")], T0 + 3)
     assert hist(s, m.RUNTIME, "app.add", "default") == (1, pytest.approx(2.0))
+
+
+@pytest.mark.parametrize(("kind", "fields", "tail"), [
+    ("task-retried", {}, ()),
+    ("task-rejected", {"requeue": False}, ()),
+    ("task-revoked", {}, ("revoked",)),
+])
+def test_a_worker_event_before_task_sent_counts_under_the_queue_task_sent_names(
+        kind: str, fields: dict, tail: tuple[str, ...]) -> None:
+    """The worker's event (no name, no queue in it) waits for the task's task-sent and is
+    counted the moment it arrives, under its name and queue."""
+    metric = {"task-retried": m.TASK_RETRIED, "task-rejected": m.TASK_REJECTED,
+              "task-revoked": m.TASK_REVOKED}[kind]
+    s = State()
+    online(s, W1, T0)
+    s.ingest([ev(kind, T0 + 1, uuid="a", **fields)], T0 + 1)
+    assert counter(s, metric, "app.add", "q", W1, *tail) == 0
+    s.ingest([ev("task-sent", T0, uuid="a", hostname=PRODUCER, name="app.add", queue="q",
+                 retries=0, eta=None)], T0 + 1)
+    assert counter(s, metric, "app.add", "q", W1, *tail) == 1
+
+
+def test_reject_without_requeue_of_a_tracked_task_ends_it() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:2])
+    assert s.workers[W1].prefetched == 1
+    feed(s, [ev("task-rejected", T0 + 1, uuid="a", requeue=False)])
+    assert "a" not in s.tasks and s.workers[W1].prefetched == 0
+    feed(s, [ev("task-rejected", T0 + 2, uuid="a", requeue=False)])
+    assert counter(s, m.TASK_REJECTED, "app.add", "default", W1) == 1
+    assert s.duplicates["task-rejected"] == 1
+
+
+def test_a_requeued_started_task_is_not_running_any_more() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:3])
+    assert s.running.snapshot(T0 + 1) == {("app.add", "default"): (1, pytest.approx(0.7))}
+    feed(s, [ev("task-rejected", T0 + 1, uuid="a", requeue=True)])
+    assert s.running.snapshot(T0 + 2) == {}
+    assert "a" in s.tasks
+
+
+def test_fail_then_reject_before_task_sent_count_both_under_its_queue() -> None:
+    """Reject(requeue=False) ends a task twice; here both ends arrive before task-sent."""
+    s = State()
+    online(s, W1, T0)
+    _, received, started, failed = lifecycle("a", T0, outcome="task-failed")
+    feed(s, [received, started, failed, ev("task-rejected", T0 + 1, uuid="a", requeue=False)])
+    s.ingest([ev("task-sent", T0, uuid="a", hostname=PRODUCER, name="app.add", queue="q",
+                 retries=0, eta=None)], T0 + 1)
+    key = ("app.add", "q", W1)
+    assert counter(s, m.TASK_RECEIVED, *key) == 1
+    assert counter(s, m.TASK_FAILED, *key, "ValueError") == 1
+    assert counter(s, m.TASK_REJECTED, *key) == 1
+
+
+@pytest.mark.parametrize("same_ts", ["received", "started"])
+def test_a_retry_stamped_with_its_attempts_own_time_ends_that_attempt(same_ts: str) -> None:
+    s = State()
+    sent, received, started, _ = lifecycle("a", T0)
+    events = [sent, received] if same_ts == "received" else [sent, received, started]
+    feed(s, events)
+    feed(s, [ev("task-retried", events[-1]["timestamp"], uuid="a")])
+    assert s.workers[W1].prefetched == 0
+    assert s.running.snapshot(T0 + 5) == {}
+
+
+def test_a_late_retry_leaves_the_next_attempt_on_the_same_worker_alone() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:2])
+    feed(s, [ev("task-received", T0 + 5, uuid="a", name="app.add", retries=1, eta=None)])
+    feed(s, [ev("task-retried", T0 + 3, uuid="a")])  # the first attempt's, late
+    assert s.workers[W1].prefetched == 1
+
+
+def test_a_retry_from_another_worker_leaves_this_attempt_alone() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0)[:3])
+    feed(s, [ev("task-retried", T0 + 5, uuid="a", hostname=W2)])
+    assert s.running.snapshot(T0 + 6) == {("app.add", "default"): (1, pytest.approx(5.7))}
+
+
+def test_a_retried_task_is_fresh_for_the_ttl() -> None:
+    s = State(StateConfig(task_ttl=3600))
+    online(s, W1, T0)
+    feed(s, lifecycle("a", T0)[:2])
+    feed(s, [ev("task-retried", T0 + 3000, uuid="a")])
+    s.tick(T0 + 3700)
+    assert "a" in s.tasks and s.evicted["ttl"] == 0
+
+
+def test_a_hostile_task_id_is_counted_at_once_not_held() -> None:
+    s = State()
+    online(s, W1, T0)
+    uuid = "x" * 400
+    s.ingest([ev("task-retried", T0, uuid=uuid)], T0)
+    assert counter(s, m.TASK_RETRIED, "unknown", "unknown", W1) == 1
+
+
+def test_received_with_a_higher_retry_count_starts_a_new_attempt() -> None:
+    """The retry's task-sent is missing: the new attempt's queue wait is unknown, not the
+    time since the first attempt was published."""
+    s = State()
+    feed(s, lifecycle("a", T0, outcome="task-retried"))
+    feed(s, [ev("task-received", T0 + 100, uuid="a", name="app.add", retries=1, eta=None),
+             ev("task-started", T0 + 100.5, uuid="a")])
+    assert hist(s, m.QUEUE_WAIT, "app.add", "default") == (1, pytest.approx(0.3))
+    assert hist(s, m.PREFETCH_WAIT, "app.add", "default") == (2, pytest.approx(0.7))
+    assert not any(s.invalid.values())
+
+
+def test_scheduled_tasks_add_up() -> None:
+    s = State()
+    eta = "2023-11-14T22:20:00+00:00"
+    feed(s, [ev("task-received", T0, uuid=u, name="n", retries=0, eta=eta) for u in "ab"])
+    assert (s.workers[W1].scheduled, s.workers[W1].prefetched) == (2, 0)
+
+
+def test_a_received_task_leaves_the_waiting_room_at_once() -> None:
+    """At the cap (max_tasks) a publish is untracked; once received, its queue has nothing
+    waiting however many stale entries the others left."""
+    s = State(StateConfig(max_tasks=2))
+    for uuid in "ab":
+        s.ingest([ev("task-sent", T0, uuid=uuid, hostname=PRODUCER, name="n", queue="q",
+                     retries=0, eta=None)], T0)
+    s.tick(T0 + 1)
+    feed(s, [ev("task-received", T0 + 2, uuid=u, name="n", retries=0, eta=None) for u in "ab"])
+    s.ingest([ev("task-sent", T0 + 3, uuid="c", hostname=PRODUCER, name="n", queue="q",
+                 retries=0, eta=None)], T0 + 3)
+    s.tick(T0 + 4)
+    feed(s, [ev("task-received", T0 + 5, uuid="c", name="n", retries=0, eta=None)])
+    assert s.waiting.snapshot(T0 + 6) == {"q": 0.0}
+
+
+def test_duplicates_add_up_and_refresh_the_worker() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0))
+    for i in (1, 2):
+        s.ingest([ev("task-started", T0 + i, uuid="a"),
+                  ev("task-succeeded", T0 + i, uuid="a", runtime=0.5)], T0 + 10 * i)
+    assert s.duplicates["task-started"] == 2 and s.duplicates["task-succeeded"] == 2
+    assert s.workers[W1].last_seen == T0 + 20
+
+
+def test_a_finished_task_leaves_the_running_room_before_the_cap_trims_it() -> None:
+    s = State(StateConfig(max_tasks=2))
+    for uuid in "ab":
+        feed(s, lifecycle(uuid, T0)[:3])
+    feed(s, [ev("task-succeeded", T0 + 1, uuid="b", runtime=0.7)])
+    feed(s, lifecycle("c", T0 + 2)[:3])
+    s.tick(T0 + 3)
+    assert s.running.snapshot(T0 + 3) == {("app.add", "default"): (2, pytest.approx(2.7))}

@@ -309,8 +309,7 @@ class State:
             task.retries = retries
             release(task)
             task.received = task.started = task.started_at = None
-            task.sent = None
-            task.eta = False
+            task.sent = None  # eta is read only with `received`, which task-received sets
 
     # -- task events ---------------------------------------------------------------------
 
@@ -519,8 +518,7 @@ class State:
     # -- worker events --------------------------------------------------------------------
 
     def _update_worker(self, worker: Worker, e: dict, ts: float, now: float) -> None:
-        worker.last_seen = now
-        worker.seen = self.stamp.mono
+        # Seen just now: `Workers.get` stamped it.
         freq = e.get("freq")
         if type(freq) in (int, float):
             if 0 < freq <= MAX_HEARTBEAT_INTERVAL:  # NaN fails too
