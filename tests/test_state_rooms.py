@@ -476,3 +476,120 @@ def test_a_finished_task_leaves_the_running_room_before_the_cap_trims_it() -> No
     feed(s, lifecycle("c", T0 + 2)[:3])
     s.tick(T0 + 3)
     assert s.running.snapshot(T0 + 3) == {("app.add", "default"): (2, pytest.approx(2.7))}
+
+
+def sent_event(uuid: str, ts: float, hostname: str = PRODUCER, **fields: object) -> dict:
+    return ev("task-sent", ts, uuid=uuid, hostname=hostname, name="n", retries=0, eta=None,
+              **fields)
+
+
+def test_the_routing_key_names_the_queue_when_task_sent_has_none() -> None:
+    s = State()
+    s.ingest([sent_event("a", T0, routing_key="rk")], T0)
+    assert counter(s, m.TASK_SENT, "n", "rk") == 1
+    assert list(s.queues_seen) == ["rk"]
+
+
+def test_queues_seen_are_capped_at_ten_thousand() -> None:
+    s = State()
+    s.ingest([sent_event(f"t{i}", T0, queue=f"q{i}") for i in range(10_001)], T0)
+    assert len(s.queues_seen) == 10_000 and "q10000" not in s.queues_seen
+
+
+def test_each_producer_host_has_its_own_clock_offset() -> None:
+    s = State()
+    for i in range(3):  # slow's clock reads 100 s behind ours
+        s.ingest([sent_event(f"s{i}", T0 + i - 100, hostname="p@slow", queue="q")], T0 + i)
+    s.ingest([sent_event("a", T0 + 10, hostname="p@exact", queue="q")], T0 + 10)
+    s.ingest([ev("task-started", T0 + 11, uuid="a")], T0 + 11)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, pytest.approx(1.0))
+    # A task-sent without a hostname is timed under no host at all.
+    s.ingest([{"type": "task-sent", "timestamp": T0 + 18, "uuid": "b", "name": "n",
+               "queue": "q"}], T0 + 20)
+    assert s.clocks.estimates() == {"slow": 100.0, "exact": 0.0, "w1": 0.0, "": 2.0}
+
+
+def test_last_sent_keeps_updating_known_names_at_the_cap() -> None:
+    s = State(StateConfig(max_series=1))
+    s.ingest([sent_event("a", T0, queue="q")], T0)
+    s.ingest([sent_event("b", T0 + 10, queue="q"),
+              ev("task-sent", T0 + 10, uuid="c", hostname=PRODUCER, name="other", queue="q")],
+             T0 + 10)
+    assert s.last_sent == {"n": T0 + 10}
+
+
+def test_a_late_task_sent_names_a_task_that_finished_nameless() -> None:
+    s = State()
+    online(s, W1, T0)
+    feed(s, [ev("task-started", T0, uuid="a"),
+             ev("task-succeeded", T0 + 1, uuid="a", runtime=1.0)])
+    s.tick(T0 + 10)  # the held observations are counted, unnamed
+    s.ingest([sent_event("a", T0 - 1, queue="q")], T0 + 11)
+    assert counter(s, m.TASK_SENT, "n", "q") == 1
+    assert not any(s.invalid.values())
+
+
+@pytest.mark.parametrize(("freq", "kept"), [(0.5, 0.5), (3600, 3600.0), (0, 2.0),
+                                             (3601, 2.0)])
+def test_heartbeat_intervals_above_zero_up_to_an_hour_are_taken(freq: float,
+                                                                 kept: float) -> None:
+    s = State()
+    s.ingest([ev("worker-heartbeat", T0, freq=freq)], T0)
+    assert s.workers[W1].freq == kept
+    assert s.invalid["value_out_of_range"] == (kept != freq)
+
+
+def silent_beats(s: State, t: float, count: int, processed: int) -> int:
+    for i in range(count):
+        processed += 1
+        beat(s, t + i, processed)
+    return processed
+
+
+def test_worker_online_clears_events_missing() -> None:
+    s = State()
+    online(s, W1, T0)
+    silent_beats(s, T0, 3, 0)
+    assert s.workers[W1].events_missing
+    online(s, W1, T0 + 5)
+    assert not s.workers[W1].events_missing and not s.task_events_missing
+
+
+def test_a_task_event_resets_the_silent_heartbeats() -> None:
+    s = State()
+    online(s, W1, T0)
+    processed = silent_beats(s, T0, 2, 0)  # the first beat sets the baseline: 1 silent
+    feed(s, [ev("task-received", T0 + 3, uuid="a", name="n", retries=0, eta=None)])
+    processed = silent_beats(s, T0 + 4, 1, processed)  # events seen: reset
+    silent_beats(s, T0 + 5, 1, processed)  # 1 silent since
+    assert not s.workers[W1].events_missing
+
+
+def test_a_restart_seen_in_the_processed_count_is_reconciled_once() -> None:
+    from celery_events_exporter.state.handlers import Reconciled
+    s = State()
+    online(s, W1, T0)
+    eta = "2023-11-14T22:20:00+00:00"
+    feed(s, [ev("task-received", T0, uuid="a", name="n", retries=0, eta=None),
+             ev("task-received", T0, uuid="b", name="n", retries=0, eta=None),
+             ev("task-received", T0, uuid="c", name="n", retries=0, eta=eta)])
+    beat(s, T0 + 1, processed=10)
+    beat(s, T0 + 2, processed=1)  # restarted unseen
+    beat(s, T0 + 3, processed=2)
+    assert s.reconciled == [Reconciled(W1, 2, 1, True)]
+    s.reconciled.clear()
+    s.broker_gap(T0 + 4)
+    feed(s, [ev("task-received", T0 + 5, uuid="d", name="n", retries=0, eta=None)])
+    beat(s, T0 + 6, processed=3)
+    beat(s, T0 + 7, processed=4)
+    assert s.reconciled == [Reconciled(W1, 0, 0, False)]
+    assert not any(s.invalid.values())
+
+
+def test_reconciliations_waiting_for_the_log_are_capped() -> None:
+    s = State()
+    online(s, W1, T0)
+    for i in range(1001):
+        beat(s, T0 + 2 * i, processed=5)
+        beat(s, T0 + 2 * i + 1, processed=1)
+    assert len(s.reconciled) == 1000

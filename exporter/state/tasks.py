@@ -150,7 +150,9 @@ class TaskTable:
         later, rather than a phantom counted until the TTL."""
         reset = 0
         for task in self.tasks.values():
-            if task.buf == PREFETCHED and task.worker is worker and task.touched <= before:
+            # Tasks of an earlier generation left the gauge when their worker went away.
+            if task.buf == PREFETCHED and task.worker is worker and \
+                    task.wgen == worker.gen and task.touched <= before:
                 release(task)
                 reset += 1
         return reset
