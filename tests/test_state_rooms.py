@@ -593,3 +593,54 @@ def test_reconciliations_waiting_for_the_log_are_capped() -> None:
         beat(s, T0 + 2 * i, processed=5)
         beat(s, T0 + 2 * i + 1, processed=1)
     assert len(s.reconciled) == 1000
+
+
+# -- pending: observations held for task-sent ---------------------------------------------
+
+
+def received(uuid: str, t: float, worker: str = W1) -> dict:
+    return ev("task-received", t, uuid=uuid, name="n", retries=0, eta=None, hostname=worker)
+
+
+def test_nothing_is_held_once_no_task_sent_came_for_the_memory() -> None:
+    from celery_events_exporter.state.pending import SENT_MEMORY
+    s = State()
+    s.tick(T0)  # no task-sent ever: the memory starts now
+    s.ingest([received("a", T0 + SENT_MEMORY - 1)], T0 + SENT_MEMORY - 1)
+    assert counter(s, m.TASK_RECEIVED, "n", "unknown", W1) == 0, "still expected: held"
+    s.ingest([received("b", T0 + SENT_MEMORY)], T0 + SENT_MEMORY)
+    assert counter(s, m.TASK_RECEIVED, "n", "unknown", W1) == 1
+
+
+def test_a_task_id_of_the_longest_kept_length_is_held() -> None:
+    from celery_events_exporter.state.config import MAX_KEY
+    s = State()
+    uuid = "u" * MAX_KEY
+    s.ingest([received(uuid, T0)], T0)
+    s.ingest([sent_event(uuid, T0, queue="q")], T0)
+    assert counter(s, m.TASK_RECEIVED, "n", "q", W1) == 1
+
+
+@pytest.mark.parametrize("max_tasks", [1, 2])
+def test_held_tasks_are_capped_at_max_tasks_oldest_counted_first(max_tasks: int) -> None:
+    s = State(StateConfig(max_tasks=max_tasks))
+    for i in range(max_tasks):
+        s.ingest([received(f"t{i}", T0)], T0)
+    assert counter(s, m.TASK_RECEIVED, "n", "unknown", W1) == 0, "all held: at the cap"
+    s.ingest([received("over", T0)], T0)
+    assert counter(s, m.TASK_RECEIVED, "n", "unknown", W1) == 1, "the oldest gave way"
+    assert len(s.pending.held) == max_tasks
+    assert not any(s.invalid.values())
+
+
+def test_held_observations_resolve_at_their_deadline_with_the_workers_queue_then() -> None:
+    from celery_events_exporter.state import PENDING_GRACE
+    from celery_events_exporter.state.workers import apply_worker_probe
+    s = State()
+    online(s, W1, T0)
+    s.ingest([received("a", T0)], T0)
+    apply_worker_probe(s, W1, 4, 4, frozenset({"emails"}))
+    s.tick(T0 + PENDING_GRACE - 0.5)
+    assert counter(s, m.TASK_RECEIVED, "n", "emails", W1) == 0
+    s.tick(T0 + PENDING_GRACE)
+    assert counter(s, m.TASK_RECEIVED, "n", "emails", W1) == 1
