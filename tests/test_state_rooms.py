@@ -644,3 +644,42 @@ def test_held_observations_resolve_at_their_deadline_with_the_workers_queue_then
     assert counter(s, m.TASK_RECEIVED, "n", "emails", W1) == 0
     s.tick(T0 + PENDING_GRACE)
     assert counter(s, m.TASK_RECEIVED, "n", "emails", W1) == 1
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def test_more_executions_than_the_table_holds_are_trimmed_oldest_first() -> None:
+    s = State(StateConfig(max_tasks=1))
+    feed(s, [ev("task-started", T0, uuid="a", name="n"), ev("task-started", T0, uuid="b")])
+    s.tick(T0 + 1)
+    assert list(s.running.runs) == ["b"]
+    assert s.running.snapshot(T0 + 1) == {("unknown", "unknown"): (1, 1.0)}
+
+
+def test_running_tasks_without_a_name_or_queue_take_unknown_and_the_workers_queue() -> None:
+    from celery_events_exporter.state.workers import apply_worker_probe
+    s = State()
+    online(s, W1, T0)
+    apply_worker_probe(s, W1, 4, 4, frozenset({"emails"}))
+    feed(s, [ev("task-started", T0, uuid="a")])
+    assert s.running.snapshot(T0 + 1) == {("unknown", "emails"): (1, 1.0)}
+    s.tick(T0 + 100)  # silent past its timeout: down, what it ran was interrupted
+    assert counter(s, m.TASK_INTERRUPTED, "unknown", "emails", W1) == 1
+
+
+def test_a_restart_seen_in_the_processed_count_ends_what_ran() -> None:
+    s = State()
+    online(s, W1, T0)
+    feed(s, lifecycle("a", T0)[:3])
+    beat(s, T0 + 1, processed=10)
+    assert s.running.snapshot(T0 + 1) != {}
+    beat(s, T0 + 2, processed=1)
+    assert s.running.snapshot(T0 + 2) == {}
+
+
+def test_excluded_tasks_are_not_running_and_do_not_hide_the_others() -> None:
+    s = State(StateConfig(labels=LabelPolicy(exclude_tasks=("app.secret",))))
+    feed(s, lifecycle("x", T0, name="app.secret")[:3])
+    feed(s, lifecycle("a", T0)[:3])
+    assert s.running.snapshot(T0 + 1.3) == {("app.add", "default"): (1, pytest.approx(1.0))}
