@@ -15,6 +15,7 @@ from celery_events_exporter import metrics as m
 from celery_events_exporter.labels import Labeler, LabelPolicy
 from celery_events_exporter.state import State, StateConfig
 from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS, Clocks
+from celery_events_exporter.state.series import Series, Stamp
 from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online
 
 # -- clocks -------------------------------------------------------------------------------
@@ -683,3 +684,59 @@ def test_excluded_tasks_are_not_running_and_do_not_hide_the_others() -> None:
     feed(s, lifecycle("x", T0, name="app.secret")[:3])
     feed(s, lifecycle("a", T0)[:3])
     assert s.running.snapshot(T0 + 1.3) == {("app.add", "default"): (1, pytest.approx(1.0))}
+
+
+# -- series -------------------------------------------------------------------------------
+
+
+def histogram(bounds: tuple[float, ...] = (1.0,)) -> Series:
+    stamp = Stamp()
+    stamp.wall, stamp.mono = T0, 100.0
+    return Series(m.RUNTIME, 10, stamp, bounds, exemplars=True)
+
+
+def test_observations_add_up_per_bucket_with_the_latest_exemplar_of_each() -> None:
+    h = histogram()
+    key = ("n", "q")
+    for uuid, value in (("a", 0.5), ("b", 0.7), ("c", 2.0)):
+        h.observe(key, value, uuid)
+    assert h.data[key] == [2, 1, pytest.approx(3.2)]
+    assert h.exemplars == {key: [("b", 0.7, T0), ("c", 2.0, T0)]}
+
+
+@pytest.mark.parametrize("task_id", [None, 7, "x" * 101])
+def test_no_exemplar_without_a_task_id_that_fits(task_id: object) -> None:
+    h = histogram()
+    h.observe(("n", "q"), 0.5, task_id)
+    assert h.exemplars == {}
+    assert h.data[("n", "q")] == [1, 0, 0.5]
+
+
+def test_a_task_id_of_100_characters_is_an_exemplar() -> None:
+    h = histogram()
+    h.observe(("n", "q"), 0.5, "x" * 100)
+    assert h.exemplars == {("n", "q"): [("x" * 100, 0.5, T0), None]}
+
+
+def test_take_fresh_shows_new_series_at_zero_until_the_delay_passed() -> None:
+    stamp = Stamp()
+    c = Series(m.TASK_SUCCEEDED, 10, stamp)
+    assert c.take_fresh(1000.0) == set()
+    for mono, key in ((10.0, ("a", "q", "w")), (20.0, ("b", "q", "w"))):
+        stamp.mono = mono
+        c.inc(key)
+    assert c.take_fresh(10.0) == {("a", "q", "w"), ("b", "q", "w")}
+    assert c.take_fresh(10.0) == {("b", "q", "w")}, "a was shown at 0 long enough"
+    assert c.take_fresh(25.0) == {("b", "q", "w")}
+    assert c.take_fresh(25.0) == set()
+
+
+def test_forgetting_a_worker_forgets_everything_kept_for_its_series() -> None:
+    stamp = Stamp()
+    c = Series(m.TASK_SUCCEEDED, 10, stamp)
+    for worker in ("w1", "w2", "w1"):
+        c.inc(("n", "q", worker))
+    c.inc(("n", "r", "w1"))
+    c.forget_worker("w1", 2)
+    assert c.data == {("n", "q", "w2"): [1.0]}
+    assert set(c.created) == set(c.fresh) == {("n", "q", "w2")}

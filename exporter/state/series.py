@@ -101,7 +101,7 @@ class Series:
     def forget_worker(self, label: str, position: int) -> None:
         for key in [k for k in self.data if k[position] == label]:
             del self.data[key]
-            self.created.pop(key, None)
-            self.fresh.pop(key, None)
+            del self.created[key]  # created with the data
+            self.fresh.pop(key, None)  # unless a scrape showed it already
             if self.exemplars is not None:
                 self.exemplars.pop(key, None)
