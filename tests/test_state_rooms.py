@@ -9,6 +9,8 @@ windows), the room is driven directly, with the same calls State makes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from celery_events_exporter import metrics as m
@@ -480,8 +482,8 @@ def test_a_finished_task_leaves_the_running_room_before_the_cap_trims_it() -> No
 
 
 def sent_event(uuid: str, ts: float, hostname: str = PRODUCER, **fields: object) -> dict:
-    return ev("task-sent", ts, uuid=uuid, hostname=hostname, name="n", retries=0, eta=None,
-              **fields)
+    return ev("task-sent", ts, uuid=uuid, hostname=hostname,
+              **{"name": "n", "retries": 0, "eta": None, **fields})
 
 
 def test_the_routing_key_names_the_queue_when_task_sent_has_none() -> None:
@@ -740,3 +742,64 @@ def test_forgetting_a_worker_forgets_everything_kept_for_its_series() -> None:
     c.forget_worker("w1", 2)
     assert c.data == {("n", "q", "w2"): [1.0]}
     assert set(c.created) == set(c.fresh) == {("n", "q", "w2")}
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+def test_an_eta_that_is_not_a_string_is_no_eta() -> None:
+    s = State()
+    s.ingest([sent_event("a", T0, queue="q", eta=12345)], T0)
+    s.ingest([ev("task-started", T0 + 1, uuid="a")], T0 + 1)
+    assert hist(s, m.QUEUE_WAIT, "n", "q") == (1, 1.0)
+    assert not any(s.invalid.values())
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The local zone five hours behind UTC: a naive ETA read as local time would be off."""
+    import time
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_eta_is_utc_whatever_the_local_zone(new_york: None) -> None:
+    from celery_events_exporter.state import parse_eta
+    assert parse_eta("2023-11-14T22:13:20") == T0
+    assert parse_eta("2023-11-14T23:13:20+01:00") == T0
+
+
+def test_failed_then_rejected_then_a_resent_failure_counts_each_end_once() -> None:
+    s = State()
+    feed(s, lifecycle("a", T0, outcome="task-failed"))
+    feed(s, [ev("task-rejected", T0 + 1, uuid="a", requeue=False),
+             ev("task-failed", T0 + 2, uuid="a", exception="ValueError('x')")])
+    assert counter(s, m.TASK_FAILED, "app.add", "default", W1, "ValueError") == 1
+    assert counter(s, m.TASK_REJECTED, "app.add", "default", W1) == 1
+    assert s.duplicates["task-failed"] == 1
+    # Another kind of end is not a duplicate of these.
+    feed(s, [ev("task-succeeded", T0 + 3, uuid="a", runtime=0.1)])
+    assert counter(s, m.TASK_SUCCEEDED, "app.add", "default", W1) == 1
+
+
+@pytest.mark.parametrize(("length", "kept"), [(320, True), (321, False)])
+def test_ends_of_hostile_task_ids_count_but_are_not_remembered(length: int,
+                                                              kept: bool) -> None:
+    s = State()
+    uuid = "u" * length
+    s.ingest([ev("task-failed", T0, uuid=uuid, exception="KeyError()")], T0)
+    s.tick(T0 + 10)
+    assert counter(s, m.TASK_FAILED, "unknown", "unknown", W1, "KeyError") == 1
+    assert (uuid in s.finished) is kept
+
+
+def test_finished_tasks_are_remembered_up_to_the_cap_oldest_forgotten() -> None:
+    from celery_events_exporter.state.tasks import FINISHED_CAP
+    s = State()
+    s.ingest([ev("task-succeeded", T0, uuid=f"t{i}", runtime=0.1)
+              for i in range(FINISHED_CAP + 1)], T0)
+    assert len(s.finished) == FINISHED_CAP
+    assert "t0" not in s.finished and f"t{FINISHED_CAP}" in s.finished

@@ -97,10 +97,11 @@ class TaskTable:
         tasks = self.tasks
         task = tasks.get(uuid)
         if task is None:
+            # Both counted as a bad field by the caller.
             if type(uuid) is not str:
-                raise TypeError("uuid")
+                raise TypeError
             if len(uuid) > MAX_KEY:
-                raise ValueError("uuid too long")
+                raise ValueError
             task = tasks[uuid] = Task()
             if self.finished:
                 remembered = self.finished.get(uuid)
