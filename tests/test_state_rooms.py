@@ -803,3 +803,27 @@ def test_finished_tasks_are_remembered_up_to_the_cap_oldest_forgotten() -> None:
               for i in range(FINISHED_CAP + 1)], T0)
     assert len(s.finished) == FINISHED_CAP
     assert "t0" not in s.finished and f"t{FINISHED_CAP}" in s.finished
+
+
+def test_the_ttl_expires_tasks_at_exactly_the_ttl_past_those_kept() -> None:
+    s = State(StateConfig(task_ttl=3600, worker_timeout=10_000))
+    online(s, W1, T0)
+    eta = "2023-11-14T23:00:00+00:00"
+    feed(s, [ev("task-received", T0, uuid="a", name="n", retries=0, eta=eta),
+             ev("task-received", T0, uuid="b", name="n", retries=0, eta=None),
+             ev("task-received", T0, uuid="c", name="n", retries=0, eta=None)])
+    s.tick(T0 + 3600)
+    assert list(s.tasks) == ["a"], "the scheduled one is kept while its worker lives"
+    assert s.evicted["ttl"] == 2
+
+
+def test_a_gap_reconciles_tasks_received_up_to_its_very_time() -> None:
+    from celery_events_exporter.state.handlers import Reconciled
+    s = State()
+    online(s, W1, T0)
+    beat(s, T0, processed=1)
+    feed(s, [ev("task-received", T0 + 4, uuid="a", name="n", retries=0, eta=None)])
+    s.broker_gap(T0 + 4)
+    beat(s, T0 + 5, processed=2)
+    assert s.reconciled == [Reconciled(W1, 1, 0, False)]
+    assert s.workers[W1].prefetched == 0
