@@ -18,6 +18,7 @@ from celery_events_exporter.labels import Labeler, LabelPolicy
 from celery_events_exporter.state import State, StateConfig
 from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS, Clocks
 from celery_events_exporter.state.series import Series, Stamp
+from celery_events_exporter.state.waiting import Waiting
 from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online
 
 # -- clocks -------------------------------------------------------------------------------
@@ -827,3 +828,61 @@ def test_a_gap_reconciles_tasks_received_up_to_its_very_time() -> None:
     beat(s, T0 + 5, processed=2)
     assert s.reconciled == [Reconciled(W1, 1, 0, False)]
     assert s.workers[W1].prefetched == 0
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+def waiting(cap: int = 10, max_queues: int = 10) -> Waiting:
+    return Waiting(cap, max_queues, {}, {})
+
+
+def test_the_waiting_map_holds_exactly_its_cap_and_a_tracked_task_may_move() -> None:
+    w = waiting(cap=2)
+    w.sent("a", "q", 10.0)
+    w.sent("b", "q", 20.0)
+    assert w.snapshot(100.0) == {"q": 90.0}
+    w.sent("a", "q", 30.0)  # tracked already: re-dated, not refused
+    assert w.since == {"a": 30.0, "b": 20.0}
+    w.sent("c", "q", 5.0)  # over the cap: untracked, but remembered as the earliest
+    assert w.untracked == {"q": 5.0}
+    assert w.snapshot(100.0) == {"q": 80.0}, "b is the oldest tracked"
+
+
+def test_queues_are_capped_at_max_queues() -> None:
+    w = waiting(max_queues=2)
+    for queue in ("q1", "q2", "q3"):
+        w.sent(queue, queue, 10.0)
+    assert w.snapshot(20.0) == {"q1": 10.0, "q2": 10.0}
+
+
+def test_stale_heap_entries_are_rebuilt_beyond_twice_the_live_ones_plus_slack() -> None:
+    from celery_events_exporter.state.waiting import _SLACK
+    w = waiting(cap=10_000)
+    w.sent("live", "q", 0.0)
+    for i in range(_SLACK + 1):  # re-dated: one live entry, the old ones stale
+        w.sent("live", "q", float(i + 1))
+    assert w.entries == _SLACK + 2, "2 x 1 live + slack: not yet"
+    w.sent("live", "q", 99_999.0)
+    assert w.entries == 1
+    assert w.snapshot(100_000.0) == {"q": 1.0}
+
+
+def test_a_drained_queue_forgets_what_was_published_up_to_the_drain() -> None:
+    w = waiting(cap=1)
+    w.sent("a", "q", 10.0)
+    w.sent("b", "q", 20.0)  # over the cap: untracked
+    w.drained("q", 10.0)
+    assert w.snapshot(30.0) == {"q": 10.0}, "a went at 10; b (untracked, 20) still waits"
+    w.drained("q", 20.0)
+    assert w.snapshot(30.0) == {"q": 0.0}
+
+
+def test_only_tasks_neither_received_nor_started_are_tracked_at_the_flush() -> None:
+    s = State()
+    for uuid in ("recv", "start", "wait"):
+        s.ingest([sent_event(uuid, T0, queue="q")], T0)
+    feed(s, [ev("task-received", T0, uuid="recv", name="n", retries=0, eta=None),
+             ev("task-started", T0, uuid="start")])  # its task-received lost
+    s.waiting.flush()
+    assert set(s.waiting.since) == {"wait"}
