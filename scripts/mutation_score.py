@@ -46,9 +46,12 @@ DEFAULT_TESTS: dict[str, list[str]] = {
                               "tests/test_backoff_and_probe_status.py", *RENDERING],
     # The event state package, module by module: the incident rooms (running, waiting) are
     # driven through the State API by test_incidents.
-    # The series' fresh (zero-first) and exemplar rules reach the output via the collector.
+    # The series' fresh (zero-first) and exemplar rules and the worker rows reach the output
+    # via the collector.
     "exporter/state/series.py": [*STATE_TESTS, "tests/test_incidents.py",
                                  "tests/test_collector.py", "tests/test_collector_mutants.py"],
+    "exporter/state/workers.py": [*STATE_TESTS, "tests/test_incidents.py",
+                                  "tests/test_collector.py", "tests/test_collector_mutants.py"],
     "exporter/state/*.py": [*STATE_TESTS, "tests/test_incidents.py"],
     "exporter/pipeline.py": [*STATE_TESTS, "tests/test_collector.py"],
     "alerts/rules.py": ["tests/test_alerts.py", "tests/test_rule_clauses.py"],

@@ -19,7 +19,19 @@ from celery_events_exporter.state import State, StateConfig
 from celery_events_exporter.state.clocks import OFFSET_WINDOW_SECONDS, Clocks
 from celery_events_exporter.state.series import Series, Stamp
 from celery_events_exporter.state.waiting import Waiting
-from tests.test_state import PRODUCER, T0, W1, W2, counter, ev, feed, hist, lifecycle, online
+from tests.test_state import (
+    PRODUCER,
+    T0,
+    W1,
+    W2,
+    counter,
+    ev,
+    feed,
+    hist,
+    lifecycle,
+    online,
+    settle,
+)
 
 # -- clocks -------------------------------------------------------------------------------
 
@@ -886,3 +898,34 @@ def test_only_tasks_neither_received_nor_started_are_tracked_at_the_flush() -> N
              ev("task-started", T0, uuid="start")])  # its task-received lost
     s.waiting.flush()
     assert set(s.waiting.since) == {"wait"}
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+def test_events_of_workers_beyond_the_cap_count_under_their_own_label() -> None:
+    s = State(StateConfig(max_series=1))
+    online(s, W1, T0)
+    feed(s, [ev("task-received", T0, uuid="a", name="n", retries=0, eta=None, hostname=W2),
+             ev("task-started", T0 + 1, uuid="a", hostname=W2)])
+    settle(s)
+    assert list(s.workers) == [W1] and s.workers_dropped == 2
+    assert counter(s, m.TASK_STARTED, "n", "unknown", W2) == 1
+
+
+def test_a_worker_is_alive_until_exactly_twice_its_heartbeat_interval() -> None:
+    s = State()
+    online(s, W1, T0)
+    s.tick(T0 + 4.0)
+    assert s.workers[W1].up
+    s.tick(T0 + 4.001)
+    assert not s.workers[W1].up
+
+
+def test_a_worker_back_after_going_down_has_nothing_active() -> None:
+    s = State()
+    online(s, W1, T0)
+    s.ingest([ev("worker-heartbeat", T0 + 1, freq=2.0, active=3, processed=0)], T0 + 1)
+    s.tick(T0 + 10)
+    feed(s, [ev("task-received", T0 + 11, uuid="a", name="n", retries=0, eta=None)])
+    assert s.workers[W1].up and s.workers[W1].active == 0
