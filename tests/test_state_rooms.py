@@ -247,7 +247,8 @@ def test_any_task_event_shows_the_workers_task_events_are_on(kind: str) -> None:
     beat(s, T0 + 1, processed=3)
     for i in range(1, 4):
         t = T0 + 2 * i
-        event = ev(kind.split()[-1], t, uuid=f"d{i}", **TASK_EVENTS[kind])
+        uuid = f"d{i}" if kind.startswith("duplicate") else f"n{i}"
+        event = ev(kind.split()[-1], t, uuid=uuid, **TASK_EVENTS[kind])
         s.ingest([event], t + 0.5)
         assert s.workers[W1].last_seen == t + 0.5
         beat(s, t + 1, processed=3 + i)
@@ -929,3 +930,9 @@ def test_a_worker_back_after_going_down_has_nothing_active() -> None:
     s.tick(T0 + 10)
     feed(s, [ev("task-received", T0 + 11, uuid="a", name="n", retries=0, eta=None)])
     assert s.workers[W1].up and s.workers[W1].active == 0
+
+
+def test_every_invalid_reason_is_counted_from_zero() -> None:
+    from celery_events_exporter.decode import REASONS
+    from celery_events_exporter.state import EVENT_REASONS
+    assert State().invalid == dict.fromkeys((*REASONS, *EVENT_REASONS), 0)

@@ -329,9 +329,7 @@ class State:
             self._late_sent(e)
             return
         self._new_attempt(task, e.get("retries"))
-        name = e.get("name")
-        if type(name) is str:
-            task.name = name[:MAX_KEY]  # the string itself when it fits
+        # The name: `_names` below takes it from this event unless an earlier one had it.
         queue = e.get("queue") or e.get("routing_key")
         if type(queue) is str:
             task.queue = queue = self.labels.queue(queue)
