@@ -872,13 +872,14 @@ def test_queues_are_capped_at_max_queues() -> None:
 def test_stale_heap_entries_are_rebuilt_beyond_twice_the_live_ones_plus_slack() -> None:
     from celery_events_exporter.state.waiting import _SLACK
     w = waiting(cap=10_000)
+    w.sent("other", "q", 0.5)
     w.sent("live", "q", 0.0)
-    for i in range(_SLACK + 1):  # re-dated: one live entry, the old ones stale
+    for i in range(_SLACK + 2):  # re-dated: two live entries, the old ones stale
         w.sent("live", "q", float(i + 1))
-    assert w.entries == _SLACK + 2, "2 x 1 live + slack: not yet"
+    assert w.entries == 2 * 2 + _SLACK, "2 x 2 live + slack: not yet"
     w.sent("live", "q", 99_999.0)
-    assert w.entries == 1
-    assert w.snapshot(100_000.0) == {"q": 1.0}
+    assert w.entries == 2
+    assert w.snapshot(100_000.0) == {"q": 99_999.5}
 
 
 def test_a_drained_queue_forgets_what_was_published_up_to_the_drain() -> None:
