@@ -913,6 +913,7 @@ def test_events_of_workers_beyond_the_cap_count_under_their_own_label() -> None:
     settle(s)
     assert list(s.workers) == [W1] and s.workers_dropped == 2
     assert counter(s, m.TASK_STARTED, "n", "unknown", W2) == 1
+    assert not any(s.invalid.values())
 
 
 def test_a_worker_is_alive_until_exactly_twice_its_heartbeat_interval() -> None:
@@ -937,3 +938,19 @@ def test_every_invalid_reason_is_counted_from_zero() -> None:
     from celery_events_exporter.decode import REASONS
     from celery_events_exporter.state import EVENT_REASONS
     assert State().invalid == dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
+
+
+def test_a_worker_first_heard_of_by_its_task_events_has_events_on() -> None:
+    s = State()
+    feed(s, [ev("task-received", T0, uuid="a", name="n", retries=0, eta=None)])
+    assert not s.workers[W1].events_missing and not s.task_events_missing
+    beat(s, T0 + 1, processed=1)
+    assert s.reconciled == [] and not any(s.invalid.values())
+
+
+def test_a_worker_known_only_by_heartbeats_needs_two_silent_ones() -> None:
+    s = State()
+    silent = silent_beats(s, T0, 2, 0)  # the first sets the baseline: one silent interval
+    assert not s.workers[W1].events_missing
+    silent_beats(s, T0 + 2, 1, silent)
+    assert s.workers[W1].events_missing
