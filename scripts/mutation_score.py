@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "tests" / "mutation" / "equivalent.txt"
 TARGET = 85.0
 
-STATE_TESTS = ["tests/test_state.py", "tests/test_state_mutants.py"]
+STATE_TESTS = ["tests/test_state.py", "tests/test_state_mutants.py", "tests/test_state_rooms.py"]
 RENDERING = ["tests/test_ingest_equivalence.py::test_fast_text_rendering_is_byte_identical",
              "tests/test_ingest_equivalence.py::test_rendering_while_ingesting_gives_whole_lines"]
 # Module (or glob) -> the unit tests that exercise it. Only fast, in-process tests: mutmut
@@ -44,14 +44,21 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "exporter/collector.py": ["tests/test_collector.py", "tests/test_collector_mutants.py",
                               "tests/test_state_mutants.py",
                               "tests/test_backoff_and_probe_status.py", *RENDERING],
-    "exporter/state.py": STATE_TESTS,
-    "exporter/state/*.py": STATE_TESTS,
+    # The event state package, module by module: the incident rooms (running, waiting) are
+    # driven through the State API by test_incidents.
+    # The series' fresh (zero-first) and exemplar rules and the worker rows reach the output
+    # via the collector.
+    "exporter/state/series.py": [*STATE_TESTS, "tests/test_incidents.py",
+                                 "tests/test_collector.py", "tests/test_collector_mutants.py"],
+    "exporter/state/workers.py": [*STATE_TESTS, "tests/test_incidents.py",
+                                  "tests/test_collector.py", "tests/test_collector_mutants.py"],
+    "exporter/state/*.py": [*STATE_TESTS, "tests/test_incidents.py"],
     "exporter/pipeline.py": [*STATE_TESTS, "tests/test_collector.py"],
     "alerts/rules.py": ["tests/test_alerts.py", "tests/test_rule_clauses.py"],
     "dashboards/common.py": ["tests/test_dashboards.py", "tests/test_dashboard_queries.py"],
 }
 DEFAULT_MODULES = ["exporter/decode.py", "exporter/labels.py", "exporter/collector.py",
-                   "exporter/state.py", "alerts/rules.py", "dashboards/common.py"]
+                   "exporter/state", "alerts/rules.py", "dashboards/common.py"]
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 RESULT_LINE = re.compile(r"^\s+(\S+): (.+)$")
@@ -139,8 +146,10 @@ source_paths = ["{package}"]
 only_mutate = ["{module}"]
 also_copy = [{others}]
 pytest_add_cli_args_test_selection = [{quoted}]
-# Random order and plugin state would make a mutant's verdict depend on the draw.
-pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
+# Random order and plugin state would make a mutant's verdict depend on the draw; the
+# alias makes the import name load the mutated copy (see scripts/mutation_alias.py).
+pytest_add_cli_args = ["-p", "scripts.mutation_alias", "-p", "no:randomly",
+                       "-p", "no:cacheprovider", "-q"]
 use_git_change_detection = false
 """)
 

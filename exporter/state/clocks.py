@@ -29,7 +29,7 @@ def _estimate(cell: list[float]) -> float:
 
 
 class Clocks:
-    def __init__(self, labels: Labeler, max_hosts: int = 10_000) -> None:
+    def __init__(self, labels: Labeler, max_hosts: int) -> None:
         self.labels = labels
         self.max_hosts = max_hosts
         # host -> [smallest, second smallest] of receive - timestamp: current window and
@@ -37,7 +37,6 @@ class Clocks:
         self.offsets: dict[str, list[float]] = {}
         self.offsets_prev: dict[str, list[float]] = {}
         self.rolled = 0.0  # monotonic
-        self.rejected = 0
         self._hosts: dict[str, str] = {}
 
     def host(self, hostname: str) -> str:
@@ -57,7 +56,6 @@ class Clocks:
         delta = now - ts
         cell = self.offsets.get(host)
         if delta < -FUTURE_TOLERANCE:
-            self.rejected += 1
             cur = _INF if cell is None else _estimate(cell)
         elif cell is None:
             cur = delta
@@ -72,7 +70,7 @@ class Clocks:
             else:
                 if delta < second:
                     cell[1] = second = delta
-                cur = second if second != _INF else low
+                cur = second  # finite: a finite delta replaced an infinite second
         prev = self.offsets_prev.get(host)
         if prev is not None:
             before = prev[1] if prev[1] != _INF else prev[0]

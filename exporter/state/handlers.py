@@ -15,6 +15,7 @@ worker registry, clocks, held observations, series) know nothing of each other's
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -94,10 +95,10 @@ class State:
         self.evicted = self.table.evicted
         self.workers = self.registry.workers
         limit = cfg.max_series
-        self.counters = {metric.key: Series(metric, limit, (), stamp)
+        self.counters = {metric.key: Series(metric, limit, stamp)
                          for metric in m.TASK_COUNTERS}
         # Incident signals (issue 12): their own rooms, fed by the marked hooks below.
-        interrupted = Series(m.TASK_INTERRUPTED, limit, (), stamp)
+        interrupted = Series(m.TASK_INTERRUPTED, limit, stamp)
         self.counters[m.TASK_INTERRUPTED.key] = interrupted
         self.running = Running(self.labels, interrupted, cfg.max_tasks, self.table.tasks)
         self.registry.on_down = self.running.lost
@@ -108,18 +109,17 @@ class State:
         self._not_running = self.running.runs.pop
         self._runs = self.running.runs
         self.last_sent: dict[str, float] = {}  # task name label -> exporter wall clock
-        self.histograms = {metric.key: Series(metric, limit, cfg.buckets_for(metric), stamp,
+        self.histograms = {metric.key: Series(metric, limit, stamp, cfg.buckets_for(metric),
                                                   exemplars=True)
                            for metric in m.HISTOGRAMS}
         self.event_types: dict[str, int] = {}
         # Terminal events seen again for a task already counted (re-sent after a reconnect).
         self.duplicates: dict[str, int] = dict.fromkeys(("task-started", *TERMINAL), 0)
-        self.invalid: dict[str, int] = dict.fromkeys((*REASONS, *EVENT_REASONS), 0)
+        self.invalid: Counter[str] = Counter(dict.fromkeys((*REASONS, *EVENT_REASONS), 0))
         self.clamped: dict[str, int] = {m.QUEUE_WAIT.key: 0, m.PREFETCH_WAIT.key: 0}
         self.queues_seen: dict[str, None] = {}
         self.last_event = 0.0
         self.lag = 0.0
-        self.task_events_total = 0
         # Reconciliations not yet logged by the pipeline (which clears the list).
         self.reconciled: list[Reconciled] = []
 
@@ -152,7 +152,7 @@ class State:
     # -- entry points -------------------------------------------------------------------
 
     def invalid_event(self, reason: str, count: int = 1) -> None:
-        self.invalid[reason] = self.invalid.get(reason, 0) + count
+        self.invalid[reason] += count
 
     def ingest(self, events: Iterable[object], now: float, mono: float | None = None) -> None:
         """Apply events received together at `now` (one broker message, possibly a batch)."""
@@ -256,7 +256,7 @@ class State:
         if task.name is None:
             raw = event.get("name")
             if type(raw) is str:
-                task.name = raw if len(raw) <= MAX_KEY else raw[:MAX_KEY]
+                task.name = raw[:MAX_KEY]  # the string itself when it fits
 
     def _names(self, task: Task, event: dict, worker: Worker | None) -> tuple[str, str] | None:
         self._capture_name(task, event)
@@ -298,7 +298,7 @@ class State:
         if type(runtime) is int:
             runtime = float(runtime)
         elif type(runtime) is not float:
-            raise TypeError("runtime")
+            raise TypeError  # counted as a bad field
         if not 0.0 <= runtime <= MAX_RUNTIME:  # NaN fails too
             self.invalid_event("value_out_of_range")
             return
@@ -309,8 +309,7 @@ class State:
             task.retries = retries
             release(task)
             task.received = task.started = task.started_at = None
-            task.sent = None
-            task.eta = False
+            task.sent = None  # eta is read only with `received`, which task-received sets
 
     # -- task events ---------------------------------------------------------------------
 
@@ -330,17 +329,15 @@ class State:
             self._late_sent(e)
             return
         self._new_attempt(task, e.get("retries"))
-        name = e.get("name")
-        if type(name) is str:
-            task.name = name if len(name) <= MAX_KEY else name[:MAX_KEY]
+        # The name: `_names` below takes it from this event unless an earlier one had it.
         queue = e.get("queue") or e.get("routing_key")
         if type(queue) is str:
             task.queue = queue = self.labels.queue(queue)
             if queue not in self.queues_seen and len(self.queues_seen) < 10_000:
                 self.queues_seen[queue] = None
         offset = self._offset(e.get("hostname") or "", ts, now)
-        eta = parse_eta(e.get("eta")) if e.get("eta") else None
-        start = ts if eta is None or eta < ts else eta
+        eta = parse_eta(e.get("eta"))
+        start = ts if eta is None else max(ts, eta)
         task.sent = start + offset
         names = self._names(task, e, None)
         if names is not None:
@@ -372,7 +369,7 @@ class State:
         uuid = e["uuid"]
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         worker.last_received = now  # incidents
         self._not_waiting(uuid, None)  # incidents
         self._new_attempt(task, e.get("retries"))
@@ -394,12 +391,12 @@ class State:
         if uuid not in self.tasks and self.table.ended(uuid, _ANY_END):
             # A finished task starts again only after a new task-received (a redelivery),
             # which would have put it back in the table: this is a re-sent event.
-            self._worker(e["hostname"], now).task_events += 1
+            self._worker(e["hostname"], now).task_events = True
             self.duplicates["task-started"] += 1
             return
         task = self._task(uuid)
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         release(task)
         task.started = ts
         task.worker = worker
@@ -432,7 +429,7 @@ class State:
         uuid = e["uuid"]
         task = self._terminal(uuid, "task-succeeded")
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         if task is None:
             return
         self.table.finish(uuid, task, _BIT["task-succeeded"])
@@ -450,7 +447,7 @@ class State:
         uuid = e["uuid"]
         task = self._terminal(uuid, "task-failed")
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         if task is None:
             return
         self.table.finish(uuid, task, _BIT["task-failed"])
@@ -466,7 +463,7 @@ class State:
         # count it under the remembered name rather than resurrect the finished task.
         task = self._task(uuid) if uuid in self.tasks else self._known(uuid)
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         current = task.worker
         if current is None or (current is worker and \
                 not (task.received is not None and ts < task.received) and \
@@ -482,7 +479,7 @@ class State:
         requeue = e.get("requeue") and uuid in self.tasks
         task = self._known(uuid) if requeue else self._terminal(uuid, "task-rejected")
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         if task is None:
             return
         if requeue:
@@ -496,7 +493,7 @@ class State:
         uuid = e["uuid"]
         task = self._terminal(uuid, "task-revoked")
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         if task is None:
             return
         self.table.finish(uuid, task, _BIT["task-revoked"])
@@ -511,7 +508,7 @@ class State:
     def _on_cancelled(self, e: dict, ts: float, now: float) -> None:
         task = self.tasks.get(e["uuid"])
         worker = self._worker(e["hostname"], now)
-        worker.task_events += 1
+        worker.task_events = True
         if task is not None:
             release(task)
             task.started = None
@@ -519,8 +516,7 @@ class State:
     # -- worker events --------------------------------------------------------------------
 
     def _update_worker(self, worker: Worker, e: dict, ts: float, now: float) -> None:
-        worker.last_seen = now
-        worker.seen = self.stamp.mono
+        # Seen just now: `Workers.get` stamped it.
         freq = e.get("freq")
         if type(freq) in (int, float):
             if 0 < freq <= MAX_HEARTBEAT_INTERVAL:  # NaN fails too
@@ -568,13 +564,13 @@ class State:
                 reset = self.table.reset_prefetched(worker, worker.gap_before)
                 worker.gap_before = None
                 self._reconciled(worker, reset, 0, False)
-            if last is not None and processed > last and worker.task_events == 0:
+            if last is not None and processed > last and not worker.task_events:
                 worker.silent_beats += 1
             elif worker.task_events:
                 worker.silent_beats = 0
             worker.events_missing = worker.silent_beats >= 2
             worker.last_processed = processed
-            worker.task_events = 0
+            worker.task_events = False
 
     def _reconciled(self, worker: Worker, prefetched: int, scheduled: int,
                     restarted: bool) -> None:

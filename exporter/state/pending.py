@@ -70,10 +70,7 @@ class Pending:
 
     def resolve(self, uuid: str) -> None:
         """Replay the task's held observations under the best labels known now."""
-        held = self.held.pop(uuid, None)
-        if held is None:
-            return
-        task = held.task
+        task = self.held.pop(uuid).task  # callers resolve only what is held
         ops, task.pending = task.pending or [], None
         name = self.labels.task(task.name) if task.name is not None else UNKNOWN
         if name is None:

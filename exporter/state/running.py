@@ -33,11 +33,8 @@ class Running:
         # the garbage collector to track; the worker and its generation are on the task.
         self.runs: dict[str, float] = {}
 
-    def start(self, uuid: str, since: float) -> None:
-        """What the task-started handler does inline (it saves a call on the hot path)."""
-        self.runs[uuid] = since
-        if len(self.runs) > self.cap:
-            self.trim()
+    # task-started stores `runs[uuid] = since` itself (no call on the hot path); the tick
+    # trims.
 
     def trim(self) -> None:
         # More executions than the table holds tasks: the oldest entries' ends were missed.

@@ -33,14 +33,14 @@ class Series:
     __slots__ = ("bounds", "created", "data", "dropped", "exemplars", "fresh", "limit",
                  "metric", "stamp")
 
-    def __init__(self, metric: m.Metric, limit: int, bounds: tuple[float, ...] = (),
-                 stamp: Stamp | None = None, exemplars: bool = False) -> None:
+    def __init__(self, metric: m.Metric, limit: int, stamp: Stamp,
+                 bounds: tuple[float, ...] = (), exemplars: bool = False) -> None:
         self.metric = metric
         self.limit = limit
         self.bounds = bounds
         self.data: dict[tuple[str, ...], list[float]] = {}
         self.dropped = 0
-        self.stamp = stamp or Stamp()
+        self.stamp = stamp
         # key -> wall time the series was created (OpenMetrics `_created`).
         self.created: dict[tuple[str, ...], float] = {}
         # key -> monotonic creation time, for series no scrape has shown at 0 yet.
@@ -101,7 +101,7 @@ class Series:
     def forget_worker(self, label: str, position: int) -> None:
         for key in [k for k in self.data if k[position] == label]:
             del self.data[key]
-            self.created.pop(key, None)
-            self.fresh.pop(key, None)
+            del self.created[key]  # created with the data
+            self.fresh.pop(key, None)  # unless a scrape showed it already
             if self.exemplars is not None:
                 self.exemplars.pop(key, None)

@@ -97,10 +97,11 @@ class TaskTable:
         tasks = self.tasks
         task = tasks.get(uuid)
         if task is None:
+            # Both counted as a bad field by the caller.
             if type(uuid) is not str:
-                raise TypeError("uuid")
+                raise TypeError
             if len(uuid) > MAX_KEY:
-                raise ValueError("uuid too long")
+                raise ValueError
             task = tasks[uuid] = Task()
             if self.finished:
                 remembered = self.finished.get(uuid)
@@ -150,7 +151,9 @@ class TaskTable:
         later, rather than a phantom counted until the TTL."""
         reset = 0
         for task in self.tasks.values():
-            if task.buf == PREFETCHED and task.worker is worker and task.touched <= before:
+            # Tasks of an earlier generation left the gauge when their worker went away.
+            if task.buf == PREFETCHED and task.worker is worker and \
+                    task.wgen == worker.gen and task.touched <= before:
                 release(task)
                 reset += 1
         return reset

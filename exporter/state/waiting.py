@@ -42,7 +42,6 @@ class Waiting:
         self.since: dict[str, float] = {}
         self.heaps: dict[str, list[tuple[float, str]]] = {}
         self.untracked: dict[str, float] = {}  # queue -> earliest since refused at the cap
-        self.refused = 0
 
     def flush(self) -> None:
         """Track what was published since the last flush and is still waiting."""
@@ -68,12 +67,10 @@ class Waiting:
         heap = self.heaps.get(queue)
         if heap is None:
             if len(self.heaps) >= self.max_queues:
-                self.refused += 1
                 return
             heap = self.heaps[queue] = []
         since_map = self.since
         if len(since_map) >= self.cap and uuid not in since_map:
-            self.refused += 1
             first = self.untracked.get(queue)
             if first is None or since < first:
                 self.untracked[queue] = since

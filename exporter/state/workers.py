@@ -35,7 +35,7 @@ class Worker:
         self.pool: int | None = None
         self.prefetch_limit: int | None = None
         self.queues: frozenset[str] = frozenset()
-        self.task_events = 0
+        self.task_events = False  # a task event arrived since the last full heartbeat
         self.last_processed: int | None = None
         self.silent_beats = 0
         self.events_missing = False
@@ -63,10 +63,11 @@ class Workers:
         """The node an event came from, seen at `now` (up again if it was down)."""
         worker = self.workers.get(hostname)  # type: ignore[arg-type]
         if worker is None:
+            # Both counted as a bad field by the caller.
             if type(hostname) is not str:
-                raise TypeError("hostname")
+                raise TypeError
             if len(hostname) > MAX_KEY:
-                raise ValueError("hostname too long")
+                raise ValueError
             if len(self.workers) >= self.config.max_series:
                 # Runaway or hostile node names: count the event, do not track the node.
                 self.dropped += 1
