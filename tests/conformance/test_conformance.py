@@ -19,6 +19,7 @@ from tests.conformance.checks import DONE, agree, finished, states, wait_for
 from tests.conformance.conftest import Fleet
 from tests.conformance.fleet import VERSIONS, pinned, worker_name
 from tests.integration.harness import producer
+from tests.support.servers import RabbitServer, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -118,13 +119,10 @@ def test_mixed_workload_matches_celery_state(fleet: Fleet) -> None:
     assert seen.alive == {w.node for w in fleet.workers}
 
 
-def restartable(request: pytest.FixtureRequest, fleet: Fleet):  # -> RedisServer | RabbitServer
-    if fleet.broker.is_redis:
-        return request.getfixturevalue("redis_srv")
-    server = request.getfixturevalue("rabbit_srv")
-    if server is None:
+def restartable(fleet: Fleet) -> RedisServer | RabbitServer:
+    if fleet.server is None:
         pytest.skip("CEE_TEST_AMQP_URL names a RabbitMQ this suite must not restart")
-    return server
+    return fleet.server
 
 
 def freeze(fleet: Fleet, sig: int) -> None:
@@ -133,8 +131,7 @@ def freeze(fleet: Fleet, sig: int) -> None:
         w.proc.signal(sig, group=True)  # the pool children too
 
 
-def test_broker_restart_mid_load_both_see_the_same(fleet: Fleet,
-                                                   request: pytest.FixtureRequest) -> None:
+def test_broker_restart_mid_load_both_see_the_same(fleet: Fleet) -> None:
     """The broker is SIGKILLed and restarted while tasks run and ETA tasks are held; both
     consumers reconnect on their own; then more work. Both must have seen the same events.
 
@@ -143,7 +140,7 @@ def test_broker_restart_mid_load_both_see_the_same(fleet: Fleet,
     difference of timing, not of counting. Frozen, the workers publish nothing until both
     are subscribed again; everything else (dead connections, tasks mid-run, held ETA tasks,
     on Redis the task queues lost with the server's memory) is what a real restart does."""
-    server = restartable(request, fleet)
+    server = restartable(fleet)
     ref, exp = fleet.reference, fleet.exporter
     reconnects = exp.scrape().value("celery_exporter_broker_reconnects_total")
     starts = ref.consume_starts

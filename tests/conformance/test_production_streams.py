@@ -53,7 +53,8 @@ def pair(solo: tuple[Broker, VersionWorker], request: pytest.FixtureRequest,
     try:
         exporter = Exporter(procs, broker, *(marker.args if marker else ()))
         exporter.wait_up(worker.node, timeout=60)
-        yield Fleet(broker, procs, exporter, reference, [worker])
+        # Nothing here restarts the broker: the session's shared server will do.
+        yield Fleet(broker, procs, exporter, reference, [worker], server=None)
     finally:
         procs.stop_all()
         reference.stop()

@@ -1,13 +1,17 @@
 """Fixtures for the demo Django project.
 
 Django can be set up once per process, and the same pytest process runs the exporter's
-suites, which build Celery apps of their own. So everything global (sys.path, environment,
-Celery's current app) is set up by a package-scoped fixture and restored when the last demo
-test has run, and nothing is set at import time.
+suites, which build Celery apps of their own. So the work done once (a database directory,
+django.setup(), migrate, importing the Celery app) is session-scoped and happens on first
+use, and the process-wide state the demo needs (sys.path, environment, Celery's current
+app) is applied around each demo module and restored after it, and nothing is set at import
+time. A shuffled run (pytest-randomly) may put other packages' modules between two demo
+modules; each demo module still finds the same database and app, whatever ran before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -45,10 +49,47 @@ class DemoEnv:
         return env
 
 
-@pytest.fixture(scope="package")
-def demo(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnv]:
+@contextlib.contextmanager
+def _demo_process_state(env: dict[str, str], app: Any = None) -> Iterator[None]:
+    """The environment, sys.path and (given `app`) Celery's current app the demo expects.
+
+    Everything is put back on exit. Celery keeps the "current" and "default" app in module
+    globals, and the project's tasks are shared_task proxies that publish through whichever
+    app is current: without this, a demo module run after an exporter test would publish
+    through that test's app.
+    """
     from celery import _state as celery_state
 
+    saved_env = {k: os.environ.get(k) for k in _MANAGED_ENV}
+    saved_path = list(sys.path)
+    saved_current = getattr(celery_state._tls, "current_app", None)
+    saved_default = celery_state.default_app
+    for k in _MANAGED_ENV:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    sys.path.insert(0, str(PROJ_DIR))
+    if app is not None:
+        app.set_current()
+        app.set_default()
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        celery_state._tls.current_app = saved_current
+        celery_state.default_app = saved_default
+
+
+@pytest.fixture(scope="session")
+def _demo_setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[tuple[DemoEnv, Any]]:
+    """Once per session: Django's settings (and so the SQLite path) are fixed by the first
+    django.setup(), so a second set-up with a new directory would send the workers to an
+    empty database while this process kept using the first one."""
     base = tmp_path_factory.mktemp("demo")
     broker_url = redis_db_url(redis_url, REDIS_DB)
     env = {
@@ -62,17 +103,7 @@ def demo(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         "DEMO_CERTS_DIR": str(base / "certs"),
         "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
     }
-    saved_env = {k: os.environ.get(k) for k in _MANAGED_ENV}
-    saved_path = list(sys.path)
-    # Celery keeps the "current" and "default" app in module globals; the Django fixup
-    # makes proj's app the default. Put back whatever the exporter tests would have seen.
-    saved_current = getattr(celery_state._tls, "current_app", None)
-    saved_default = celery_state.default_app
-    for k in _MANAGED_ENV:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    sys.path.insert(0, str(PROJ_DIR))
-    try:
+    with _demo_process_state(env):
         import django
         from django.conf import settings
 
@@ -82,28 +113,29 @@ def demo(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        yield DemoEnv(env=env, base=base, broker_url=broker_url, mail_dir=base / "mail")
+        from proj.celery import app
+
+        # autodiscover_tasks() is lazy; a worker triggers it at start, a test has to ask.
+        app.loader.import_default_modules()
+    try:
+        yield DemoEnv(env=env, base=base, broker_url=broker_url, mail_dir=base / "mail"), app
     finally:
         from django.db import connections
 
         connections.close_all()
-        sys.path[:] = saved_path
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        celery_state._tls.current_app = saved_current
-        celery_state.default_app = saved_default
 
 
-@pytest.fixture(scope="package")
-def celery_app(demo: DemoEnv) -> Any:
-    from proj.celery import app
+@pytest.fixture(scope="module", autouse=True)
+def demo(_demo_setup: tuple[DemoEnv, Any]) -> Iterator[DemoEnv]:
+    """The demo's process state for one module (autouse: every demo test imports proj)."""
+    demo_env, app = _demo_setup
+    with _demo_process_state(demo_env.env, app):
+        yield demo_env
 
-    # autodiscover_tasks() is lazy; a worker triggers it at start, a test has to ask.
-    app.loader.import_default_modules()
-    return app
+
+@pytest.fixture(scope="module")
+def celery_app(demo: DemoEnv, _demo_setup: tuple[DemoEnv, Any]) -> Any:
+    return _demo_setup[1]
 
 
 @pytest.fixture

@@ -28,13 +28,16 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         p.stop_all()
 
 
-def make_broker(request: pytest.FixtureRequest, kind: str, **options: object) -> Broker:
+def make_broker(request: pytest.FixtureRequest, kind: str, *, server_url: str | None = None,
+                **options: object) -> Broker:
+    """A fresh namespace on the session's server of `kind`, or on the one at `server_url`."""
     exchange = f"celeryev.it{next(_SEQ)}"
     if kind == "redis":
-        base = request.getfixturevalue("redis_url").rsplit("/", 1)[0]
+        base = (server_url or request.getfixturevalue("redis_url")).rsplit("/", 1)[0]
         broker = Broker("redis", f"{base}/{next(_REDIS_DBS)}", exchange, dict(options))
     else:
-        broker = Broker("amqp", request.getfixturevalue("amqp_url"), exchange, dict(options))
+        url = server_url or request.getfixturevalue("amqp_url")
+        broker = Broker("amqp", url, exchange, dict(options))
     broker.reset()
     return broker
 
