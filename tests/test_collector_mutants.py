@@ -286,3 +286,31 @@ def test_an_empty_queue_probe_forgets_what_was_published_before_its_run_only() -
     results.status["redis_queues"].last_run = T0 + 35
     assert reg.get_sample_value(age, {"queue": "default"}) == 13
     assert reg.get_sample_value(age, {"queue": "reports"}) == 39
+
+
+def test_histograms_carry_creation_time_exemplars_and_show_new_series_at_0_first() -> None:
+    from tests.test_collector import scenario
+    from tests.test_state import lifecycle
+
+    pipeline, _ = scenario()
+    families = {f.name: f for f in CeleryCollector(pipeline).collect()}
+    runtime = families["celery_task_runtime_seconds"]
+    key = ("app.add", "default")
+    # The exporter's clock when the series was created; an unknown series counts from the
+    # exporter's start, counters and histograms alike.
+    assert runtime.created(key) == T0 + 0.8 + 0.01  # task-succeeded's receive time
+    assert runtime.created(("app.none", "q", "w")) == pipeline.started
+    failed = families["celery_task_failed"]
+    assert failed.created(("app.none", "q", "w", "E")) == pipeline.started
+    assert runtime.exemplars.get(key), "the state's exemplars reach the family"
+
+    # A series that appears after the first scrape shows 0 once, then its counts.
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(pipeline))
+    state = pipeline.state
+    for event in lifecycle("n", T0 + 5, name="app.new"):
+        state.ingest([event], event["timestamp"] + 0.01)
+    labels = {"name": "app.new", "queue": "default"}
+    count = "celery_task_runtime_seconds_count"
+    assert reg.get_sample_value(count, labels) == 0
+    assert reg.get_sample_value(count, labels) == 1
