@@ -314,3 +314,28 @@ def test_histograms_carry_creation_time_exemplars_and_show_new_series_at_0_first
     count = "celery_task_runtime_seconds_count"
     assert reg.get_sample_value(count, labels) == 0
     assert reg.get_sample_value(count, labels) == 1
+
+
+def test_nodes_sharing_a_label_list_every_queue_any_of_them_consumes() -> None:
+    state = host_mode_cluster()
+    apply_worker_probe(state, "b@h1", 3, 2, frozenset({"reports"}))  # b@h1 moved queue
+    pipeline = Pipeline(state)
+    reg = registry(pipeline)
+    info = "celery_worker_queue_info"
+    assert reg.get_sample_value(info, {"worker": "h1", "queue": "default"}) == 1  # a@h1
+    assert reg.get_sample_value(info, {"worker": "h1", "queue": "reports"}) == 1  # b@h1
+    assert reg.get_sample_value(info, {"worker": "h2", "queue": "reports"}) is None
+
+
+def test_probe_last_success_is_the_probes_own_time() -> None:
+    from celery_events_exporter.probes import ProbeResults
+
+    results = ProbeResults()
+    results.register("redis_queues")
+    status = results.status["redis_queues"]
+    status.last_run, status.last_success, status.success = T0 + 9, T0 + 7, False
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(Pipeline(State()), results))
+    got = reg.get_sample_value("celery_exporter_probe_last_success_timestamp_seconds",
+                               {"probe": "redis_queues"})
+    assert got == T0 + 7
