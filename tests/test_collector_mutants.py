@@ -218,3 +218,124 @@ def test_families_whose_samples_were_read_render_the_same_text() -> None:
     assert generate_text(Touched()) == generate_latest(reg)
     assert b'celery_task_runtime_seconds_count{name="app.add",queue="q"} 1.0' in \
         generate_text(Touched())
+
+
+def test_periodic_rows_reach_the_scrape_with_every_skip_reason_and_static_labels() -> None:
+    # The collector side of the beat probe (test_beat drives the probe): facts in, samples
+    # out, with a static label so its position in each key is checked too.
+    from celery_events_exporter.beat.schedules import PeriodicFacts, PeriodicRow
+    from celery_events_exporter.probes import ProbeResults
+
+    probes = ProbeResults()
+    probes.periodic = PeriodicFacts(
+        rows=[PeriodicRow("sweep", "app.sweep", T0 + 5, T0 + 35, False),
+              PeriodicRow("nightly", "app.nightly", None, T0 + 99, True)],
+        skipped={"unsupported": 2, "excluded": 1})
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(Pipeline(State()), probes, static_labels=(("site", "eu"),)))
+    get = reg.get_sample_value
+    sweep = {"entry": "sweep", "name": "app.sweep", "site": "eu"}
+    nightly = {"entry": "nightly", "name": "app.nightly", "site": "eu"}
+    assert get("celery_periodic_task_last_run_timestamp_seconds", sweep) == T0 + 5
+    assert get("celery_periodic_task_next_run_timestamp_seconds", sweep) == T0 + 35
+    assert get("celery_periodic_task_overdue", sweep) == 0.0
+    assert get("celery_periodic_task_last_run_timestamp_seconds", nightly) is None
+    assert get("celery_periodic_task_next_run_timestamp_seconds", nightly) == T0 + 99
+    assert get("celery_periodic_task_overdue", nightly) == 1.0
+    skipped = {r: get("celery_exporter_periodic_entries_skipped", {"reason": r, "site": "eu"})
+               for r in ("over_cap", "unsupported", "invalid", "excluded")}
+    assert skipped == {"over_cap": 0, "unsupported": 2, "invalid": 0, "excluded": 1}
+
+
+def test_no_schedule_source_means_no_periodic_families() -> None:
+    names = {f.name for f in CeleryCollector(Pipeline(State())).collect()}
+    assert not {n for n in names if "periodic" in n}
+
+
+def test_an_empty_queue_probe_forgets_what_was_published_before_its_run_only() -> None:
+    # The probe's run time is wall clock; the waiting room counts on the monotonic one. The
+    # two differ here so the conversion is checked: what was published after the run stays.
+    from celery_events_exporter.probes import ProbeResults
+
+    mono = T0 - 1000.0  # monotonic = wall - mono
+
+    def sent(uuid: str, t: float, queue: str = "default") -> dict:
+        return ev("task-sent", t, "beat@h", uuid=uuid, name="app.add", queue=queue, retries=0)
+
+    state = State()
+    for event in (sent("a", T0), sent("b", T0 + 1, "reports"), sent("c", T0 + 27)):
+        state.ingest([event], event["timestamp"], event["timestamp"] - mono)
+    state.tick(T0 + 30, T0 + 30 - mono)
+    results = ProbeResults()
+    results.queues.length = {"default": 0.0, "reports": 1.0}
+    results.register("redis_queues")
+    results.status["redis_queues"].last_run = T0 + 25
+    results.register("inspect")  # not a queue probe: its later run is no drain time
+    results.status["inspect"].last_run = T0 + 29
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(Pipeline(state), results))
+    age = "celery_queue_oldest_waiting_age_seconds"
+    assert reg.get_sample_value(age, {"queue": "default"}) == 0  # empty at the probe
+    assert reg.get_sample_value(age, {"queue": "reports"}) == 29
+    assert "a" not in state.waiting.since, "published before the empty probe run: forgotten"
+    assert "c" in state.waiting.since, "published after the probe run: still waiting"
+
+    # The next probe finds c in the queue: the age is c's, a's is gone for good.
+    state.tick(T0 + 40, T0 + 40 - mono)
+    results.queues.length = {"default": 1.0, "reports": 1.0}
+    results.status["redis_queues"].last_run = T0 + 35
+    assert reg.get_sample_value(age, {"queue": "default"}) == 13
+    assert reg.get_sample_value(age, {"queue": "reports"}) == 39
+
+
+def test_histograms_carry_creation_time_exemplars_and_show_new_series_at_0_first() -> None:
+    from tests.test_collector import scenario
+    from tests.test_state import lifecycle
+
+    pipeline, _ = scenario()
+    families = {f.name: f for f in CeleryCollector(pipeline).collect()}
+    runtime = families["celery_task_runtime_seconds"]
+    key = ("app.add", "default")
+    # The exporter's clock when the series was created; an unknown series counts from the
+    # exporter's start, counters and histograms alike.
+    assert runtime.created(key) == T0 + 0.8 + 0.01  # task-succeeded's receive time
+    assert runtime.created(("app.none", "q", "w")) == pipeline.started
+    failed = families["celery_task_failed"]
+    assert failed.created(("app.none", "q", "w", "E")) == pipeline.started
+    assert runtime.exemplars.get(key), "the state's exemplars reach the family"
+
+    # A series that appears after the first scrape shows 0 once, then its counts.
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(pipeline))
+    state = pipeline.state
+    for event in lifecycle("n", T0 + 5, name="app.new"):
+        state.ingest([event], event["timestamp"] + 0.01)
+    labels = {"name": "app.new", "queue": "default"}
+    count = "celery_task_runtime_seconds_count"
+    assert reg.get_sample_value(count, labels) == 0
+    assert reg.get_sample_value(count, labels) == 1
+
+
+def test_nodes_sharing_a_label_list_every_queue_any_of_them_consumes() -> None:
+    state = host_mode_cluster()
+    apply_worker_probe(state, "b@h1", 3, 2, frozenset({"reports"}))  # b@h1 moved queue
+    pipeline = Pipeline(state)
+    reg = registry(pipeline)
+    info = "celery_worker_queue_info"
+    assert reg.get_sample_value(info, {"worker": "h1", "queue": "default"}) == 1  # a@h1
+    assert reg.get_sample_value(info, {"worker": "h1", "queue": "reports"}) == 1  # b@h1
+    assert reg.get_sample_value(info, {"worker": "h2", "queue": "reports"}) is None
+
+
+def test_probe_last_success_is_the_probes_own_time() -> None:
+    from celery_events_exporter.probes import ProbeResults
+
+    results = ProbeResults()
+    results.register("redis_queues")
+    status = results.status["redis_queues"]
+    status.last_run, status.last_success, status.success = T0 + 9, T0 + 7, False
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(CeleryCollector(Pipeline(State()), results))
+    got = reg.get_sample_value("celery_exporter_probe_last_success_timestamp_seconds",
+                               {"probe": "redis_queues"})
+    assert got == T0 + 7
