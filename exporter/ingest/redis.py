@@ -35,14 +35,17 @@ IDLE_TIMEOUT = 1.0
 PING_AFTER = 15.0
 PING_GRACE = 10.0
 # Events reach the state at most this much later: invisible to a scrape every few seconds.
-# At 500 events/s, 50 ms cost ~31 µs/event and 250 ms ~23 (benchmarks/paced.py).
-GATHER_SECONDS = 0.25
+# At 500 events/s, 50 ms cost ~31 µs/event and 250 ms ~23 (benchmarks/paced.py), but
+# every event of a read shares its receive time, and the clock-offset estimates (the
+# smallest receive - timestamp per host) take in the wait: a longer one skewed them enough
+# for two replicas to disagree on clamped queue waits (tests/e2e/test_ha.py). Kept short.
+GATHER_SECONDS = 0.05
 # A read this large (~20 messages) amortises its wake-up by itself: no wait after it, so a
 # flood, whose reads carry 60 KB and more at the publisher's pace, never waits.
 GATHER_BELOW = 16 << 10
-# After a wait, the read holds GATHER_SECONDS of traffic: it stays "small" up to what 250 ms
-# of ~3.5k events/s bring, if the receive buffer allows (see `_after_wait_limit`).
-GATHER_BELOW_AFTER_WAIT = 768 << 10
+# After a wait, the read holds GATHER_SECONDS of traffic: it stays "small" up to what 50 ms
+# of ~6k events/s bring, if the receive buffer allows (see `_after_wait_limit`).
+GATHER_BELOW_AFTER_WAIT = 256 << 10
 
 
 def _gather() -> None:
