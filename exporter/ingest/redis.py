@@ -35,10 +35,9 @@ IDLE_TIMEOUT = 1.0
 PING_AFTER = 15.0
 PING_GRACE = 10.0
 # Events reach the state at most this much later: invisible to a scrape every few seconds.
-# At 500 events/s, 50 ms cost ~31 µs/event and 250 ms ~23 (benchmarks/paced.py), but
-# every event of a read shares its receive time, and the clock-offset estimates (the
-# smallest receive - timestamp per host) take in the wait: a longer one skewed them enough
-# for two replicas to disagree on clamped queue waits (tests/e2e/test_ha.py). Kept short.
+# At 500 events/s, 50 ms cost ~31 µs/event and 250 ms ~23 (benchmarks/paced.py); every
+# event of a read shares its receive time, which the per-host clock-offset estimates take
+# in, so the longer wait waits for a study of that effect (docs/performance.md).
 GATHER_SECONDS = 0.05
 # A read this large (~20 messages) amortises its wake-up by itself: no wait after it, so a
 # flood, whose reads carry 60 KB and more at the publisher's pace, never waits.
